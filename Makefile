@@ -1,0 +1,83 @@
+# tpm-provision: a plain Makefile that packagers can drive (STYLE.md 11).
+# Honours CC, CFLAGS, CPPFLAGS, LDFLAGS, PKG_CONFIG, DESTDIR and prefix. WERROR=1 (CI) makes
+# warnings errors; SANITIZE=1 builds with AddressSanitizer and UBSan.
+
+VERSION     := 0.1
+PKG_CONFIG  ?= pkg-config
+CC          ?= cc
+prefix      ?= /usr
+sbindir     ?= $(prefix)/sbin
+BUILD       ?= build
+
+PKGS := tss2-esys tss2-mu tss2-rc tss2-tctildr libsystemd libcrypto libcurl json-c
+
+CFLAGS      ?= -O2 -g
+WARN        := -Wall -Wextra -Wshadow -Wformat=2 -Wno-missing-field-initializers
+HARDEN      := -fstack-protector-strong -fPIE -D_FORTIFY_SOURCE=2
+HARDEN_LD   := -pie -Wl,-z,relro,-z,now -Wl,--as-needed
+ifeq ($(WERROR),1)
+WARN        += -Werror
+endif
+ifeq ($(SANITIZE),1)
+HARDEN      := -fsanitize=address,undefined -fno-omit-frame-pointer
+HARDEN_LD   := -fsanitize=address,undefined
+endif
+
+# Recursively expanded on purpose: pkg-config runs when a recipe needs it, after the
+# dependency check of `make check` and `make demo` had its chance to install packages.
+PKG_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(PKGS))
+PKG_LIBS     = $(shell $(PKG_CONFIG) --libs $(PKGS))
+ALL_CFLAGS   = -std=gnu11 -D_GNU_SOURCE $(WARN) $(HARDEN) -Iagent -DVERSION='"$(VERSION)"' $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
+ALL_LDFLAGS  = $(HARDEN_LD) $(LDFLAGS)
+
+AGENT_SRCS  := $(wildcard agent/*.c agent/*/*.c)
+AGENT_OBJS  := $(AGENT_SRCS:%.c=$(BUILD)/obj/%.o)
+# Everything but main: the unit tests link against the same objects.
+LIB_OBJS    := $(filter-out $(BUILD)/obj/agent/main.o,$(AGENT_OBJS))
+
+UNIT_SRCS   := $(wildcard tests/unit/test-*.c)
+UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all check check-unit check-integration demo deps install clean format
+
+all: $(BUILD)/tpm-provision
+
+$(BUILD)/tpm-provision: $(AGENT_OBJS)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/unit $(ALL_LDFLAGS) -o $@ $< $(LIB_OBJS) $(PKG_LIBS) -lcmocka
+
+-include $(AGENT_OBJS:.o=.d)
+
+deps:
+	@tests/deps.sh
+
+# The README's two commands.
+check: deps
+	@$(MAKE) --no-print-directory all unit-bins
+	@tests/run-tests.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@tests/demo.sh
+
+unit-bins: $(UNIT_BINS)
+
+check-unit: unit-bins
+	@tests/run-tests.sh --unit-only
+
+install: all
+	install -d $(DESTDIR)$(sbindir)
+	install -m 0755 $(BUILD)/tpm-provision $(DESTDIR)$(sbindir)/tpm-provision
+
+format:
+	clang-format -i $(AGENT_SRCS) $(wildcard agent/*.h agent/*/*.h) $(UNIT_SRCS)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: MIT */
+#include "exit-codes.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+int exit_code_from_errno(int error) {
+    switch (abs(error)) {
+    case 0:
+        return EXIT_OK;
+    case EINVAL:
+    case E2BIG:
+    case ENOEXEC:
+        return EXIT_USAGE;
+    case ENODEV:
+    case ENXIO:
+        return EXIT_NO_TPM;
+    case EACCES:
+    case EPERM:
+    case ENOLCK:
+    case EEXIST:
+    case EKEYREJECTED:
+        return EXIT_TPM_REFUSED;
+    case EAGAIN:
+    case EBUSY:
+    case ETIMEDOUT:
+    case ENOSPC:
+        return EXIT_TEMPORARY;
+    case ENOTRECOVERABLE:
+        return EXIT_TPM_UNUSABLE;
+    default:
+        return EXIT_FAILURE_OTHER;
+    }
+}

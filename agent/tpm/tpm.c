@@ -1,0 +1,364 @@
+/* SPDX-License-Identifier: MIT */
+#include "tpm.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <tss2/tss2_tctildr.h>
+#include <unistd.h>
+
+#include "basic/log.h"
+#include "tpm-rc.h"
+
+/* Self-test after power-on can take seconds on real chips (field case B17); RETRY and NV_RATE
+ * clear in milliseconds. One budget covers both; past it the command is reported as failed. */
+#define TPM_TRANSIENT_BUDGET_MS 30000
+#define TPM_TRANSIENT_FIRST_DELAY_MS 20
+#define TPM_TRANSIENT_MAX_DELAY_MS 2000
+
+static void sleep_ms(unsigned ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+bool tpm_retry_transient(TSS2_RC rc, unsigned attempt, const char *what) {
+    unsigned delay = TPM_TRANSIENT_FIRST_DELAY_MS, waited = 0;
+
+    if (!tpm_rc_is_transient(rc))
+        return false;
+
+    for (unsigned i = 0; i < attempt; i++) {
+        waited += delay;
+        delay = delay * 2 > TPM_TRANSIENT_MAX_DELAY_MS ? TPM_TRANSIENT_MAX_DELAY_MS : delay * 2;
+    }
+    if (waited >= TPM_TRANSIENT_BUDGET_MS)
+        return false;
+
+    log_debug("%s: TPM answered 0x%x (%s), repeating in %u ms.", what, rc, tpm_rc_str(rc), delay);
+    sleep_ms(delay);
+    return true;
+}
+
+/* For a device TCTI, says exactly what is wrong with the node before the TCTI tries to open it
+ * (field cases B13 and B14): missing, a TPM 1.2, or not accessible to this user. */
+static int check_device_node(const char *conf) {
+    const char *path = "/dev/tpm0";
+    char sysfs[256];
+    struct stat st;
+    FILE *f;
+    int major = 0;
+
+    if (strcmp(conf, "device") != 0 && strncmp(conf, "device:", 7) != 0)
+        return 0;
+    if (conf[6] == ':' && conf[7])
+        path = conf + 7;
+
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return log_error_errno(ENODEV, "No TPM 2.0 device: %s does not exist.", path);
+        return log_error_errno(errno, "Cannot examine TPM device %s: %m", path);
+    }
+
+    /* /dev/tpmrmN belongs to /sys/class/tpm/tpmN; a TPM 1.2 has no resource manager node and
+     * its raw node reports major version 1. */
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    const char *num = strncmp(base, "tpmrm", 5) == 0 ? base + 5 : strncmp(base, "tpm", 3) == 0 ? base + 3 : NULL;
+    if (num) {
+        snprintf(sysfs, sizeof(sysfs), "/sys/class/tpm/tpm%s/tpm_version_major", num);
+        f = fopen(sysfs, "re");
+        if (f) {
+            if (fscanf(f, "%d", &major) != 1)
+                major = 0;
+            fclose(f);
+        }
+        if (major == 1)
+            return log_error_errno(ENODEV, "%s is a TPM 1.2; tpm-provision needs a TPM 2.0.", path);
+    }
+
+    if (access(path, R_OK | W_OK) < 0) {
+        int r = -errno;
+        struct passwd *pw = getpwuid(st.st_uid);
+        struct group *gr = getgrgid(st.st_gid);
+
+        if (r == -EACCES || r == -EPERM)
+            return log_error_errno(EACCES,
+                                   "Permission denied on %s (owner %s:%s, mode %04o). Run as root "
+                                   "or as a member of the group that owns the node (usually "
+                                   "'tss', set by the tpm-udev rules).",
+                                   path, pw ? pw->pw_name : "?", gr ? gr->gr_name : "?",
+                                   (unsigned)(st.st_mode & 07777));
+        return log_error_errno(r, "Cannot access TPM device %s: %m", path);
+    }
+    return 0;
+}
+
+int tpm_open(const char *tcti_conf, struct tpm **ret) {
+    _cleanup_(tpm_closep) struct tpm *t = NULL;
+    TSS2_RC rc;
+    int r;
+
+    r = check_device_node(tcti_conf);
+    if (r < 0)
+        return r;
+
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return log_error_errno(ENOMEM, "Out of memory.");
+    t->tcti_conf = strdup(tcti_conf);
+    if (!t->tcti_conf)
+        return log_error_errno(ENOMEM, "Out of memory.");
+
+    /* Always a named TCTI: the loader's default search tries tpm2-abrmd over D-Bus first,
+     * which does not exist in the initrd and can deadlock early boot (field case B16). */
+    rc = Tss2_TctiLdr_Initialize(tcti_conf, &t->tcti);
+    if (rc != TSS2_RC_SUCCESS) {
+        t->tcti = NULL;
+        return log_error_errno(ENODEV, "Cannot open the TPM through TCTI '%s': %s", tcti_conf,
+                               tpm_rc_str(rc));
+    }
+
+    rc = Esys_Initialize(&t->esys, t->tcti, NULL);
+    if (rc != TSS2_RC_SUCCESS) {
+        t->esys = NULL;
+        return log_error_errno(tpm_rc_to_errno(rc), "Cannot initialise ESAPI on '%s': %s",
+                               tcti_conf, tpm_rc_str(rc));
+    }
+
+    *ret = TAKE_PTR(t);
+    return 0;
+}
+
+void tpm_close(struct tpm *t) {
+    if (!t)
+        return;
+    if (t->esys)
+        Esys_Finalize(&t->esys);
+    if (t->tcti)
+        Tss2_TctiLdr_Finalize(&t->tcti);
+    free(t->tcti_conf);
+    free(t);
+}
+
+/* The first command a TPM sees after power-on must be Startup. The kernel sends it for
+ * /dev/tpm*; a raw simulator may not have it yet (field case B17: 0x100 INITIALIZE). */
+static int startup_if_needed(struct tpm *t, TSS2_RC rc) {
+    TSS2_RC rc2;
+
+    if (tpm_rc_base(rc) != TPM2_RC_INITIALIZE)
+        return 0;
+    log_info("TPM not started yet; sending TPM2_Startup(CLEAR).");
+    TPM_CALL(t, rc2, "Startup", Esys_Startup(t->esys, TPM2_SU_CLEAR));
+    if (rc2 != TSS2_RC_SUCCESS && tpm_rc_base(rc2) != TPM2_RC_INITIALIZE)
+        return log_error_errno(tpm_rc_to_errno(rc2), "TPM2_Startup failed: 0x%x %s", rc2,
+                               tpm_rc_str(rc2));
+    return 1;
+}
+
+static int get_properties(struct tpm *t, TPM2_PT first, uint32_t count,
+                          TPMS_CAPABILITY_DATA **ret) {
+    TPMI_YES_NO more;
+    TSS2_RC rc;
+    int r;
+
+    for (int tries = 0; tries < 2; tries++) {
+        TPM_CALL(t, rc, "GetCapability",
+                 Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                    TPM2_CAP_TPM_PROPERTIES, first, count, &more, ret));
+        if (rc == TSS2_RC_SUCCESS)
+            return 0;
+        r = startup_if_needed(t, rc);
+        if (r <= 0)
+            break;
+    }
+    return log_error_errno(tpm_rc_to_errno(rc), "Cannot read TPM properties: %s",
+                           tpm_last_error(t));
+}
+
+static void copy_vendor(char *dst, uint32_t v) {
+    size_t len = strlen(dst);
+
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        char c = (char)((v >> shift) & 0xff);
+        if (c >= 0x20 && c < 0x7f)
+            dst[len++] = c;
+    }
+    dst[len] = '\0';
+}
+
+int tpm_properties_load(struct tpm *t) {
+    static const TPM2_PT groups[] = {TPM2_PT_FIXED, TPM2_PT_VAR};
+
+    if (t->have_properties)
+        return 0;
+
+    t->nv_buffer_max = 512; /* The smallest value seen; replaced by what the TPM reports. */
+    t->nv_index_max = 2048;
+    for (size_t g = 0; g < ARRAY_SIZE(groups); g++) {
+        TPMS_CAPABILITY_DATA *data = NULL;
+        int r = get_properties(t, groups[g], TPM2_MAX_TPM_PROPERTIES, &data);
+        if (r < 0)
+            return r;
+
+        TPML_TAGGED_TPM_PROPERTY *props = &data->data.tpmProperties;
+        for (uint32_t i = 0; i < props->count; i++) {
+            uint32_t v = props->tpmProperty[i].value;
+            switch (props->tpmProperty[i].property) {
+            case TPM2_PT_MANUFACTURER: t->manufacturer = v; break;
+            case TPM2_PT_VENDOR_STRING_1:
+            case TPM2_PT_VENDOR_STRING_2:
+            case TPM2_PT_VENDOR_STRING_3:
+            case TPM2_PT_VENDOR_STRING_4: copy_vendor(t->vendor, v); break;
+            case TPM2_PT_FIRMWARE_VERSION_1: t->firmware1 = v; break;
+            case TPM2_PT_FIRMWARE_VERSION_2: t->firmware2 = v; break;
+            case TPM2_PT_NV_BUFFER_MAX: t->nv_buffer_max = v; break;
+            case TPM2_PT_NV_INDEX_MAX: t->nv_index_max = v; break;
+            case TPM2_PT_PERMANENT: t->permanent = v; break;
+            case TPM2_PT_LOCKOUT_COUNTER: t->lockout_counter = v; break;
+            case TPM2_PT_MAX_AUTH_FAIL: t->max_auth_fail = v; break;
+            case TPM2_PT_LOCKOUT_INTERVAL: t->lockout_interval = v; break;
+            case TPM2_PT_LOCKOUT_RECOVERY: t->lockout_recovery = v; break;
+            default: break;
+            }
+        }
+        Esys_Free(data);
+    }
+    if (t->nv_buffer_max == 0 || t->nv_buffer_max > TPM2_MAX_NV_BUFFER_SIZE)
+        t->nv_buffer_max = TPM2_MAX_NV_BUFFER_SIZE;
+    t->have_properties = true;
+    return 0;
+}
+
+int tpm_persistent_get(struct tpm *t, TPM2_HANDLE handle, ESYS_TR *ret_tr,
+                       TPM2B_PUBLIC **ret_public) {
+    ESYS_TR tr = ESYS_TR_NONE;
+    TSS2_RC rc;
+
+    TPM_CALL(t, rc, "ReadPublic",
+             Esys_TR_FromTPMPublic(t->esys, handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr));
+    if (rc != TSS2_RC_SUCCESS)
+        return -tpm_rc_to_errno(rc);
+
+    if (ret_public) {
+        TPM_CALL(t, rc, "ReadPublic",
+                 Esys_ReadPublic(t->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                 ret_public, NULL, NULL));
+        if (rc != TSS2_RC_SUCCESS) {
+            Esys_TR_Close(t->esys, &tr);
+            return -tpm_rc_to_errno(rc);
+        }
+    }
+    *ret_tr = tr;
+    return 0;
+}
+
+int tpm_persist_and_flush(struct tpm *t, ESYS_TR transient, TPM2_HANDLE handle) {
+    ESYS_TR persisted = ESYS_TR_NONE;
+    TSS2_RC rc, rc_flush;
+
+    TPM_CALL(t, rc, "EvictControl",
+             Esys_EvictControl(t->esys, ESYS_TR_RH_OWNER, transient, ESYS_TR_PASSWORD,
+                               ESYS_TR_NONE, ESYS_TR_NONE, handle, &persisted));
+    /* Flushed whatever EvictControl answered, so no object outlives the command (B11); the
+     * EvictControl answer stays the one reported. */
+    rc_flush = Esys_FlushContext(t->esys, transient);
+    if (rc != TSS2_RC_SUCCESS)
+        return -tpm_rc_to_errno(rc);
+    Esys_TR_Close(t->esys, &persisted);
+    if (rc_flush != TSS2_RC_SUCCESS)
+        log_warning("Could not flush a transient object: 0x%x %s", rc_flush,
+                    tpm_rc_str(rc_flush));
+    return 0;
+}
+
+int tpm_nv_get(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_tr, TPM2B_NV_PUBLIC **ret_public) {
+    ESYS_TR tr = ESYS_TR_NONE;
+    TSS2_RC rc;
+
+    TPM_CALL(t, rc, "NV_ReadPublic",
+             Esys_TR_FromTPMPublic(t->esys, index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr));
+    if (rc != TSS2_RC_SUCCESS)
+        return -tpm_rc_to_errno(rc);
+
+    if (ret_public) {
+        TPM_CALL(t, rc, "NV_ReadPublic",
+                 Esys_NV_ReadPublic(t->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                    ret_public, NULL));
+        if (rc != TSS2_RC_SUCCESS) {
+            Esys_TR_Close(t->esys, &tr);
+            return -tpm_rc_to_errno(rc);
+        }
+    }
+    *ret_tr = tr;
+    return 0;
+}
+
+static uint16_t nv_chunk(struct tpm *t) {
+    if (tpm_properties_load(t) < 0)
+        return 512;
+    return (uint16_t)t->nv_buffer_max;
+}
+
+int tpm_nv_read(struct tpm *t, ESYS_TR index, ESYS_TR auth, uint16_t offset, uint16_t size,
+                uint8_t *ret_data) {
+    uint16_t chunk = nv_chunk(t), done = 0;
+
+    while (done < size) {
+        TPM2B_MAX_NV_BUFFER *data = NULL;
+        uint16_t n = size - done < chunk ? size - done : chunk;
+        TSS2_RC rc;
+
+        TPM_CALL(t, rc, "NV_Read",
+                 Esys_NV_Read(t->esys, auth, index, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                              n, offset + done, &data));
+        if (rc != TSS2_RC_SUCCESS)
+            return -tpm_rc_to_errno(rc);
+        if (data->size != n) {
+            Esys_Free(data);
+            return -EBADMSG;
+        }
+        memcpy(ret_data + done, data->buffer, n);
+        Esys_Free(data);
+        done += n;
+    }
+    return 0;
+}
+
+int tpm_nv_write(struct tpm *t, ESYS_TR index, uint16_t offset, const uint8_t *data, size_t size) {
+    uint16_t chunk = nv_chunk(t);
+    size_t done = 0;
+
+    while (done < size) {
+        TPM2B_MAX_NV_BUFFER buf = {0};
+        TSS2_RC rc;
+
+        buf.size = (uint16_t)(size - done < chunk ? size - done : chunk);
+        memcpy(buf.buffer, data + done, buf.size);
+        TPM_CALL(t, rc, "NV_Write",
+                 Esys_NV_Write(t->esys, ESYS_TR_RH_OWNER, index, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                               ESYS_TR_NONE, &buf, (uint16_t)(offset + done)));
+        if (rc != TSS2_RC_SUCCESS)
+            return -tpm_rc_to_errno(rc);
+        done += buf.size;
+    }
+    return 0;
+}
+
+void tpm_set_hierarchy_auth(struct tpm *t, ESYS_TR hierarchy, const uint8_t *value, size_t size) {
+    TPM2B_AUTH auth = {.size = (uint16_t)size};
+
+    memcpy(auth.buffer, value, size);
+    Esys_TR_SetAuth(t->esys, hierarchy, &auth);
+    secure_zero(&auth, sizeof(auth));
+}
+
+const char *tpm_last_error(struct tpm *t) {
+    snprintf(t->last_error, sizeof(t->last_error), "%s returned 0x%x (%s)",
+             t->last_what ? t->last_what : "TPM command", t->last_rc, tpm_rc_str(t->last_rc));
+    return t->last_error;
+}
