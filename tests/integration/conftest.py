@@ -1,0 +1,73 @@
+"""Fixtures for integration tests: the real agent binary against a private swtpm."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+
+from swtpm import Swtpm  # noqa: E402
+
+AGENT = os.environ.get("TPM_PROVISION_BIN", os.path.join(ROOT, "build", "tpm-provision"))
+
+
+class Agent:
+    """Runs build/tpm-provision against one TPM; every run's output is kept for inspection."""
+
+    def __init__(self, tcti, workdir):
+        self.tcti = tcti
+        self.workdir = workdir
+        self.runs = []
+
+    def run(self, *args, env=None, check=None, timeout=120, user=None):
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("TPM_PROVISION_", "CREDENTIALS_DIRECTORY"))}
+        full_env["TPM_PROVISION_TCTI"] = self.tcti
+        full_env.update(env or {})
+        cmd = [AGENT, *args]
+        if user:
+            cmd = ["setpriv", "--reuid=" + user, "--regid=" + user, "--clear-groups", *cmd]
+        res = subprocess.run(cmd, env=full_env, capture_output=True, text=True,
+                             timeout=timeout)
+        self.runs.append(res)
+        if check is not None and res.returncode != check:
+            raise AssertionError("%s exited %d, expected %d\nstdout: %s\nstderr: %s" % (
+                " ".join(args), res.returncode, check, res.stdout, res.stderr))
+        return res
+
+    def json(self, *args, **kw):
+        res = self.run(*args, "--json", check=0, **kw)
+        return json.loads(res.stdout)
+
+    def secret_file(self, name, value, mode=0o600):
+        path = os.path.join(self.workdir, name)
+        with open(path, "wb") as f:
+            f.write(value if isinstance(value, bytes) else value.encode())
+        os.chmod(path, mode)
+        return path
+
+
+@pytest.fixture
+def tpm(tmp_path):
+    t = Swtpm(str(tmp_path))
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def tpm_no_ek(tmp_path):
+    """A TPM as real ones usually come: an EK certificate in NV, no persisted EK."""
+    t = Swtpm(str(tmp_path), persist_ek=False)
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def agent_for(tmp_path):
+    def make(t):
+        return Agent(t.tcti, str(tmp_path))
+    return make
