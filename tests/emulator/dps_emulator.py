@@ -1255,6 +1255,9 @@ class Server(http.server.ThreadingHTTPServer):
         if name == "tls_stall":
             time.sleep(float(params["seconds"]))
         ctx = emu.tls_other if name == "tls_wrong_ca" else emu.tls
+        # Headers and body leave in separate writes; without this, Nagle plus the client's
+        # delayed ACK hold every answer back by ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(30)
         try:
             tls = ctx.wrap_socket(sock, server_side=True)
