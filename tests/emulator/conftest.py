@@ -45,10 +45,10 @@ class SoftDevice:
     emulator's admin API for the challenge key: these tests are about HTTP and SAS
     behaviour; the blob itself is proven against a TPM in test_tpm_blob.py."""
 
-    def __init__(self, emu, ek, srk, regid, **enrollment):
+    def __init__(self, emu, ek, device_srk, regid, **enrollment):
         self.emu = emu
         self.ek = ek
-        self.srk = srk
+        self.srk = device_srk
         self.regid = emu.create_enrollment(ek, regid, **enrollment)
 
     def body(self, tpm=True, payload=None):
