@@ -51,8 +51,11 @@ int auth_value_load(struct auth_value *a, const char *path, const char *credenti
                                "Authorization value in %s is longer than %zu bytes, the most a "
                                "TPM takes.",
                                path, sizeof(a->value));
-    if (r < 0)
-        return log_error_errno(r, "Cannot read authorization value from %s: %m", path);
+    if (r < 0) {
+        /* A file that cannot be read is a configuration error: exit 2, not a retry. */
+        log_error_errno(r, "Cannot read authorization value from %s: %m", path);
+        return -EINVAL;
+    }
 
     a->supplied = true;
     a->size = (uint8_t)size;

@@ -30,7 +30,8 @@ class Agent:
         full_env.update(env or {})
         cmd = [AGENT, *args]
         if user:
-            cmd = ["setpriv", "--reuid=" + user, "--regid=" + user, "--clear-groups", *cmd]
+            # Debian's unprivileged pair is nobody:nogroup.
+            cmd = ["setpriv", "--reuid=" + user, "--regid=nogroup", "--clear-groups", *cmd]
         res = subprocess.run(cmd, env=full_env, capture_output=True, text=True,
                              timeout=timeout)
         self.runs.append(res)

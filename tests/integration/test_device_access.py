@@ -1,0 +1,90 @@
+"""The TPM device node: missing, or not accessible to the agent's user (field case B13), and
+bad command lines. These need no TPM: the agent must stop before talking to one."""
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import AGENT, Agent
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every user can reach (pytest's tmp_path sits under a 0700 directory)."""
+    d = tempfile.mkdtemp(prefix="tpmprov-dev-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_missing_device_node_exits_no_tpm(tmp_path):
+    agent = Agent("device:" + str(tmp_path / "tpmrm0"), str(tmp_path))
+    res = agent.run("status", check=3)
+    assert "No TPM 2.0 device" in res.stderr and str(tmp_path / "tpmrm0") in res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as another user")
+def test_b13_permission_denied_names_node_owner_mode_and_group(public_dir):
+    node = os.path.join(public_dir, "tpmrm0")
+    open(node, "wb").close()
+    os.chmod(node, 0o600)
+    agent = Agent("device:" + node, public_dir)
+
+    res = agent.run("own", user="nobody", check=4)
+
+    assert "Permission denied on " + node in res.stderr
+    assert "owner root:root" in res.stderr and "mode 0600" in res.stderr
+    assert "tss" in res.stderr
+    assert res.stderr.count("\n") == 1, "exactly one error line: " + res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as another user")
+def test_b13_group_access_gets_past_the_permission_check(public_dir):
+    """Mode 0660 root:<group> with the user in that group: the permission check passes and
+    the agent goes on to the TCTI (which then fails here only because a file is no TPM)."""
+    node = os.path.join(public_dir, "tpmrm0")
+    open(node, "wb").close()
+    os.chown(node, 0, 65534)  # group nogroup
+    os.chmod(node, 0o660)
+    res = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--init-groups",
+                          AGENT, "--tcti=device:" + node, "status"],
+                         capture_output=True, text=True)
+    assert "Permission denied" not in res.stderr
+    assert res.returncode not in (0, 4)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["frobnicate"], "Unknown command 'frobnicate'"),
+    (["own", "--json"], "'own' does not take --json"),
+    (["status", "--csv"], "'status' does not take --csv"),
+    (["status", "extra"], "Unexpected argument 'extra'"),
+    (["--ek-handle=0x01000000", "own"], "Invalid --ek-handle '0x01000000'"),
+    (["--state-index=banana", "own"], "Invalid --state-index 'banana'"),
+    (["status", "--set-lockout-auth=/x"], "--set-lockout-auth goes with 'own' only"),
+    (["--no-such-option"], "Try 'tpm-provision --help'"),
+])
+def test_bad_command_lines_exit_2_with_the_reason(tmp_path, args, needle):
+    res = Agent("device:" + str(tmp_path / "none"), str(tmp_path)).run(*args, check=2)
+    assert needle in res.stderr
+
+
+def test_help_for_every_command_and_version(tmp_path):
+    agent = Agent("device:" + str(tmp_path / "none"), str(tmp_path))
+    out = agent.run("--help", check=0).stdout
+    for cmd in ("own", "status", "ek"):
+        assert cmd in out
+        sub = agent.run(cmd, "--help", check=0).stdout
+        assert sub.startswith("Usage: tpm-provision [OPTIONS] " + cmd)
+    assert "Exit status" in out
+    assert agent.run("--version", check=0).stdout.startswith("tpm-provision ")
+    assert agent.run(check=2).stderr.startswith("Usage:")
+
+
+def test_tcti_option_beats_environment(tmp_path):
+    agent = Agent("device:" + str(tmp_path / "from-env"), str(tmp_path))
+    res = agent.run("--tcti=device:" + str(tmp_path / "from-option"), "status", check=3)
+    assert "from-option" in res.stderr and "from-env" not in res.stderr
+    assert stat.S_ISDIR(os.stat(tmp_path).st_mode)
