@@ -74,7 +74,8 @@ class Emulator:
 
     def __init__(self, state_dir=None, faults=(), args=(), id_scope="0ne00000001",
                  hub_host="emulated-hub.azure-devices.net",
-                 service_host="emulated-dps.azure-devices-provisioning.net"):
+                 service_host="emulated-dps.azure-devices-provisioning.net",
+                 binds=("127.0.0.1",)):
         self._own_dir = state_dir is None
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="dps-emu-")
         self.faults = list(faults)
@@ -82,6 +83,7 @@ class Emulator:
         self.id_scope = id_scope
         self.hub_host = hub_host
         self.service_host = service_host
+        self.binds = binds          # None: the emulator's default (127.0.0.1 and ::1)
         self.port = 0
         self.proc = None
         self._ssl = None
@@ -98,7 +100,9 @@ class Emulator:
             os.unlink(ready)
         cmd = [PYTHON, EMULATOR, "--port", str(self.port), "--state-dir", self.state_dir,
                "--id-scope", self.id_scope, "--hub-host", self.hub_host,
-               "--service-host", self.service_host, "--bind", "127.0.0.1"]
+               "--service-host", self.service_host]
+        for address in self.binds or ():
+            cmd += ["--bind", address]
         for f in self.faults:
             cmd += ["--fault", f]
         cmd += self.args

@@ -1352,7 +1352,8 @@ def main(argv=None):
     with open(os.path.join(emu.dir, "port.tmp"), "w") as f:
         f.write("%d\n" % port)
     os.replace(os.path.join(emu.dir, "port.tmp"), os.path.join(emu.dir, "port"))
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1},
+                                daemon=True) for s in servers]
     for t in threads:
         t.start()
     stop = threading.Event()

@@ -1,6 +1,9 @@
 """DPS device API (protocol doc §1, §5.5) and the hub check, with software keys."""
 import base64
 import email.utils
+import http.client
+import socket
+import ssl
 import time
 from urllib.parse import quote
 
@@ -309,3 +312,35 @@ def test_hub_check_refusals(emu, make_device):
     r = emu.request("GET", "/devices/%s" % dev.regid, None, {"Authorization": client.sas_header(
         sr, client.sign(k2, sr, se), se)}, host="%s:%d" % (hub.upper(), emu.port))
     assert r.status == 200
+
+
+def test_server_certificate_names_and_ipv6(emu):
+    from cryptography import x509
+    with open(emu.state_dir + "/server.pem", "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(san.get_values_for_type(x509.DNSName))
+    ips = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    assert {"localhost", emu.hub_host, emu.service_host} <= names
+    assert ips == {"127.0.0.1", "::1"}
+    ctx = ssl.create_default_context(cafile=emu.ca)
+    for name in (emu.hub_host, emu.service_host, "localhost"):
+        with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname=name):
+                pass
+
+
+def test_default_binds_include_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with client.Emulator(binds=None) as e:
+        ctx = ssl.create_default_context(cafile=e.ca)
+        conn = http.client.HTTPSConnection("::1", e.port, context=ctx, timeout=10)
+        try:
+            conn.request("GET", "/__emulator/health")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()

@@ -300,7 +300,14 @@ def test_enrollments_and_registrations_survive_restart(soft_keys, make_device, e
     assert dev.register().json()["status"] == "assigned"
     k1, k2 = emu.keys(dev.regid)
     before = emu.service("GET", "/enrollments/" + dev.regid).json()
+    files = {}
+    for name in ("ca.pem", "server.pem", "policies.json"):
+        with open(os.path.join(emu.state_dir, name)) as f:
+            files[name] = f.read()
     emu.restart()
+    for name, text in files.items():
+        with open(os.path.join(emu.state_dir, name)) as f:
+            assert f.read() == text, name
     assert emu.service("GET", "/enrollments/" + dev.regid).json() == before
     assert emu.keys(dev.regid) == (k1, k2)
     assert before["registrationState"]["status"] == "assigned"
