@@ -70,6 +70,16 @@ static const char *str(json_object *o, const char *key) {
     return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
 }
 
+static void print_key(const char *label, json_object *key) {
+    json_object *h;
+
+    json_object_object_get_ex(key, "handle", &h);
+    if (yes_no(key, "present")[0] == 'y')
+        printf("%-18s%s at 0x%08x\n", label, str(key, "type"), (unsigned)json_object_get_int64(h));
+    else
+        printf("%-18snone at 0x%08x\n", label, (unsigned)json_object_get_int64(h));
+}
+
 static void print_text(json_object *j) {
     json_object *tpm, *ek, *srk, *auth, *da, *state;
 
@@ -82,8 +92,8 @@ static void print_text(json_object *j) {
 
     printf("TPM:              %s, firmware %s (TCTI %s)\n", str(tpm, "manufacturer"),
            str(tpm, "firmware"), str(tpm, "tcti"));
-    printf("EK:               %s %s\n", yes_no(ek, "present"), str(ek, "type"));
-    printf("SRK:              %s %s\n", yes_no(srk, "present"), str(srk, "type"));
+    print_key("EK:", ek);
+    print_key("SRK:", srk);
     printf("Authorization:    owner %s, endorsement %s, lockout %s\n",
            yes_no(auth, "owner") [0] == 'y' ? "set" : "empty",
            yes_no(auth, "endorsement")[0] == 'y' ? "set" : "empty",
