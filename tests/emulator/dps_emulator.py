@@ -34,10 +34,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import faults as faultlib  # noqa: E402
-import sas  # noqa: E402
-import tlsfiles  # noqa: E402
-import tpm2_blob  # noqa: E402
+import dps_faults  # noqa: E402
+import dps_sas  # noqa: E402
+import dps_tls  # noqa: E402
+import dps_tpm2  # noqa: E402
 
 DEFAULT_ID_SCOPE = "0ne00000001"
 DEFAULT_HUB_HOST = "emulated-hub.azure-devices.net"
@@ -144,9 +144,9 @@ class Emulator:
         self.enrollments = Collection(os.path.join(self.dir, "enrollments"))
         self.registrations = Collection(os.path.join(self.dir, "registrations"))
         self.hub_devices = Collection(os.path.join(self.dir, "hub-devices"))
-        self.faults = faultlib.FaultSet()
+        self.faults = dps_faults.FaultSet()
         for text in args.fault or []:
-            self.faults.set(*faultlib.parse_cli(text))
+            self.faults.set(*dps_faults.parse_cli(text))
         self.rate_window = collections.deque()
         self._other_ek = None
         self._setup_policies()
@@ -200,12 +200,12 @@ class Emulator:
         names += self.args.extra_san or []
         names = list(dict.fromkeys(n.lower() for n in names))
         ips = ["127.0.0.1", "::1"]
-        ca_cert, ca_key = tlsfiles.ensure_ca(self.dir, "ca", "tpm-provision DPS emulator CA")
-        cert, key = tlsfiles.ensure_server(self.dir, "server", ca_cert, ca_key, names, ips)
+        ca_cert, ca_key = dps_tls.ensure_ca(self.dir, "ca", "tpm-provision DPS emulator CA")
+        cert, key = dps_tls.ensure_server(self.dir, "server", ca_cert, ca_key, names, ips)
         self.tls = self._context(cert, key)
         # A second, untrusted chain: what a TLS-inspecting proxy presents (field case B31).
-        o_cert, o_key = tlsfiles.ensure_ca(self.dir, "other-ca", "untrusted proxy CA")
-        cert, key = tlsfiles.ensure_server(self.dir, "other-server", o_cert, o_key, names, ips)
+        o_cert, o_key = dps_tls.ensure_ca(self.dir, "other-ca", "untrusted proxy CA")
+        cert, key = dps_tls.ensure_server(self.dir, "other-server", o_cert, o_key, names, ips)
         self.tls_other = self._context(cert, key)
 
     @staticmethod
@@ -218,8 +218,8 @@ class Emulator:
     def other_ek(self):
         with self.lock:
             if self._other_ek is None:
-                self._other_ek = tpm2_blob.parse_rsa_public(
-                    tpm2_blob.software_rsa_public("ek"))
+                self._other_ek = dps_tpm2.parse_rsa_public(
+                    dps_tpm2.software_rsa_public("ek"))
             return self._other_ek
 
     # -- log -----------------------------------------------------------------------------
@@ -281,17 +281,17 @@ class Emulator:
     # -- keys ----------------------------------------------------------------------------
 
     def build_blob(self, ek_bytes, srk_bytes, key):
-        ek = tpm2_blob.parse_rsa_public(ek_bytes)
-        srk = tpm2_blob.parse_rsa_public(srk_bytes)
-        return tpm2_blob.build_authentication_key(ek, srk, key, self.args.field6_bytes)
+        ek = dps_tpm2.parse_rsa_public(ek_bytes)
+        srk = dps_tpm2.parse_rsa_public(srk_bytes)
+        return dps_tpm2.build_authentication_key(ek, srk, key, self.args.field6_bytes)
 
     def present_blob(self, kind, blob, srk_bytes, key, fired):
         """Apply the authenticationKey faults to the blob this response carries."""
         params = self.faults.take("auth_key_wrong_device", kind)
         if params is not None:
             fired.append("auth_key_wrong_device")
-            blob = tpm2_blob.build_authentication_key(
-                self.other_ek(), tpm2_blob.parse_rsa_public(srk_bytes), key,
+            blob = dps_tpm2.build_authentication_key(
+                self.other_ek(), dps_tpm2.parse_rsa_public(srk_bytes), key,
                 self.args.field6_bytes)
         params = self.faults.take("auth_key_corrupt", kind)
         if params is not None:
@@ -360,10 +360,10 @@ class DeviceApi:
         if challenge is None:
             raise unauthorized("no challenge issued to %r" % regid)
         try:
-            sas.check(header, bytes.fromhex(challenge["key"]),
+            dps_sas.check(header, bytes.fromhex(challenge["key"]),
                       "%s/registrations/%s" % (scope, regid), self.emu.now(),
                       self.emu.args.sas_skew, skn=KEY_NAME)
-        except sas.SasError as e:
+        except dps_sas.SasError as e:
             raise unauthorized(str(e)) from None
 
     def register(self, scope, regid, query, body, auth, host, fired):
@@ -413,7 +413,7 @@ class DeviceApi:
     def _decode_key(tpm, field):
         try:
             raw = _b64decode(tpm.get(field))
-            tpm2_blob.parse_rsa_public(raw)
+            dps_tpm2.parse_rsa_public(raw)
         except (binascii.Error, ValueError) as e:
             raise ApiError(400, 400004, "tpm.%s is invalid: %s" % (field, e)) from None
         return raw
@@ -431,7 +431,7 @@ class DeviceApi:
         enrolled_srk = enrollment["enrollment"]["attestation"]["tpm"].get("storageRootKey")
         if enrolled_srk and _b64decode(enrolled_srk) != srk:
             raise unauthorized("request SRK differs from the enrollment's")
-        key = os.urandom(tpm2_blob.HMAC_KEY_BYTES)
+        key = os.urandom(dps_tpm2.HMAC_KEY_BYTES)
         blob = emu.build_blob(enrolled_ek, srk, key)
         with emu.lock:
             rec = emu.registrations.get(regid) or {"registrationId": regid}
@@ -508,7 +508,7 @@ class DeviceApi:
         hub, substatus = self._assignment(rec.get("assignment"), e)
         substatus = enrollment.get("emulator", {}).get("substatus") or substatus
         device_id = e.get("deviceId") or regid
-        key = os.urandom(tpm2_blob.HMAC_KEY_BYTES)
+        key = os.urandom(dps_tpm2.HMAC_KEY_BYTES)
         srk = base64.b64decode(rec["challenge"]["srk"])
         blob = emu.build_blob(_b64decode(e["attestation"]["tpm"]["endorsementKey"]), srk, key)
         rec.setdefault("createdUtc", now)
@@ -549,8 +549,8 @@ class ServiceApi:
     def authorize(self, auth, path, right):
         emu = self.emu
         try:
-            token = sas.parse(auth)
-        except sas.SasError as e:
+            token = dps_sas.parse(auth)
+        except dps_sas.SasError as e:
             raise unauthorized(str(e)) from None
         policy = emu.policies.get(token.skn)
         if policy is None:
@@ -564,10 +564,10 @@ class ServiceApi:
         last = None
         for name in ("primaryKey", "secondaryKey"):
             try:
-                sas.check_token(token, base64.b64decode(policy[name]), None, emu.now(),
+                dps_sas.check_token(token, base64.b64decode(policy[name]), None, emu.now(),
                                 emu.args.sas_skew, skn=token.skn, resource_match=matches)
                 break
-            except sas.SasError as e:
+            except dps_sas.SasError as e:
                 last = e
         else:
             raise unauthorized(str(last))
@@ -653,7 +653,7 @@ class ServiceApi:
             if value is None or (field == "storageRootKey" and value == ""):
                 continue
             try:
-                tpm2_blob.parse_rsa_public(_b64decode(value))
+                dps_tpm2.parse_rsa_public(_b64decode(value))
             except (binascii.Error, ValueError) as e:
                 raise ApiError(400, 400004, "The %s is invalid: %s" % (
                     "endorsement key" if field == "endorsementKey" else "storage root key",
@@ -848,9 +848,9 @@ class HubApi:
         if device is None:
             raise hub_unauthorized("device %r not on hub %s" % (device_id, host))
         try:
-            sas.check(auth, bytes.fromhex(device["key"]), "%s/devices/%s" % (host, device_id),
+            dps_sas.check(auth, bytes.fromhex(device["key"]), "%s/devices/%s" % (host, device_id),
                       emu.now(), emu.args.sas_skew, skn=None)
-        except sas.SasError as e:
+        except dps_sas.SasError as e:
             raise hub_unauthorized(str(e)) from None
         if method == "POST":
             return Response(204)
@@ -928,8 +928,8 @@ class AdminApi:
             if not isinstance(doc, dict):
                 raise ApiError(400, 400001, 'body must be {"NAME": spec, ...}')
             try:
-                parsed = [faultlib.Fault(name, spec) for name, spec in doc.items()]
-            except faultlib.FaultError as e:
+                parsed = [dps_faults.Fault(name, spec) for name, spec in doc.items()]
+            except dps_faults.FaultError as e:
                 raise ApiError(400, 400001, str(e)) from None
             for f in parsed:
                 emu.faults.set(f.name, doc[f.name])
@@ -1302,7 +1302,7 @@ def parse_args(argv):
                    help="202 'assigning' answers before the operation completes (default 1)")
     p.add_argument("--retry-after", type=int, default=1,
                    help="retry-after seconds on 202 answers (default 1)")
-    p.add_argument("--field6-bytes", type=int, default=tpm2_blob.DEFAULT_FIELD6_BYTES,
+    p.add_argument("--field6-bytes", type=int, default=dps_tpm2.DEFAULT_FIELD6_BYTES,
                    help="length of the encrypted data in blob field 6 (default 150)")
     p.add_argument("--unknown-enrollment", choices=("401", "404"), default="401",
                    help="answer to a register for an unknown registration ID (default 401)")
@@ -1316,8 +1316,8 @@ def parse_args(argv):
         p.error("--field6-bytes must be 0..4096")
     for text in args.fault or []:
         try:
-            faultlib.Fault(*faultlib.parse_cli(text))
-        except faultlib.FaultError as e:
+            dps_faults.Fault(*dps_faults.parse_cli(text))
+        except dps_faults.FaultError as e:
             p.error(str(e))
     return args
 

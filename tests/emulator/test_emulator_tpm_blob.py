@@ -8,35 +8,18 @@ import base64
 import hashlib
 import hmac
 import os
-import struct
 import time
 from urllib.parse import quote
 
 import pytest
 
+from dps_testing import split_fields
 from swtpm import Swtpm, new_workdir, remove_workdir
 
 EK_HANDLE = "0x81010001"
 SRK_HANDLE = "0x81000001"
 SRK_ATTRS = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt"
 CRED_HEADER = bytes.fromhex("badcc0de00000001")   # tpm2_makecredential file header, §5.4
-
-
-def split_fields(blob):
-    """The six u16-sized fields of §2.1, each with its size prefix.  Written here rather
-    than imported from the emulator, so the test reads the blob on its own terms."""
-    fields, pos = [], 0
-    for _ in range(6):
-        if pos + 2 > len(blob):
-            raise ValueError("blob ends inside a size field")
-        (size,) = struct.unpack(">H", blob[pos:pos + 2])
-        if pos + 2 + size > len(blob):
-            raise ValueError("blob ends inside a field")
-        fields.append(blob[pos:pos + 2 + size])
-        pos += 2 + size
-    if pos != len(blob):
-        raise ValueError("trailing bytes")
-    return fields
 
 
 class TpmDevice:

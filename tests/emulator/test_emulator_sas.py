@@ -8,7 +8,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from conftest import ID_SCOPE
+from dps_testing import ID_SCOPE
 
 
 def mac(key, sr, se):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import client
-from test_tpm_blob import split_fields
+from dps_testing import split_fields
 
 
 def fired(emu, kind=None):
@@ -152,7 +152,7 @@ def test_auth_key_truncated_in_challenge_and_in_assigned_response(emu, make_devi
 
 
 def test_auth_key_corrupt_and_wrong_device_keep_the_shape(emu, make_device):
-    """Field sizes stay those of §2.1; test_tpm_blob.py shows a TPM rejects them."""
+    """Field sizes stay those of §2.1; test_emulator_tpm_blob.py shows a TPM rejects them."""
     dev = make_device()
     for fault in ("auth_key_corrupt", "auth_key_wrong_device"):
         emu.set_fault(fault, 1)

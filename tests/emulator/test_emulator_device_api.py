@@ -10,8 +10,7 @@ from urllib.parse import quote
 import pytest
 
 import client
-from conftest import ID_SCOPE, SoftDevice
-from test_tpm_blob import split_fields
+from dps_testing import ID_SCOPE, SoftDevice, split_fields
 
 
 def test_challenge_answer(make_device):

@@ -7,7 +7,7 @@ import time
 from urllib.parse import quote
 
 import client
-import tpm2_blob
+import dps_tpm2
 
 
 def b64(data):
@@ -340,4 +340,4 @@ def test_storage_root_key_in_enrollment_is_validated(emu, soft_keys):
     doc["attestation"]["tpm"]["storageRootKey"] = b64(soft_keys[1][:-3])
     r = emu.service("PUT", "/enrollments/" + regid, doc)
     assert r.status == 400 and r.json()["errorCode"] == 400004
-    assert tpm2_blob.parse_rsa_public(soft_keys[1])
+    assert dps_tpm2.parse_rsa_public(soft_keys[1])
