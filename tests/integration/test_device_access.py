@@ -4,11 +4,13 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 
 import pytest
 
-from conftest import AGENT, Agent
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+from agent import AGENT, Agent  # noqa: E402
 
 
 @pytest.fixture
