@@ -74,11 +74,10 @@ def unauthorized(reason):
 
 
 class Response:
-    def __init__(self, status, body=None, headers=None, key_path=None):
+    def __init__(self, status, body=None, headers=None):
         self.status = status
         self.body = body            # JSON-able object, or None for no body
         self.headers = dict(headers or {})
-        self.key_path = key_path    # where an authenticationKey sits in body, if any
 
 
 # ---------------------------------------------------------------- persistent state
@@ -287,20 +286,15 @@ class Emulator:
 
     def present_blob(self, kind, blob, srk_bytes, key, fired):
         """Apply the authenticationKey faults to the blob this response carries."""
-        params = self.faults.take("auth_key_wrong_device", kind)
-        if params is not None:
-            fired.append("auth_key_wrong_device")
+        if self.faults.take("auth_key_wrong_device", kind, fired) is not None:
             blob = dps_tpm2.build_authentication_key(
                 self.other_ek(), dps_tpm2.parse_rsa_public(srk_bytes), key,
                 self.args.field6_bytes)
-        params = self.faults.take("auth_key_corrupt", kind)
+        params = self.faults.take("auth_key_corrupt", kind, fired)
         if params is not None:
-            fired.append("auth_key_corrupt")
             offset = int(params["offset"]) % len(blob)
             blob = blob[:offset] + bytes([blob[offset] ^ 0x01]) + blob[offset + 1:]
-        params = self.faults.take("auth_key_truncated", kind)
-        if params is not None:
-            fired.append("auth_key_truncated")
+        if self.faults.take("auth_key_truncated", kind, fired) is not None:
             blob = blob[:len(blob) // 2]
         return base64.b64encode(blob).decode()
 
@@ -443,8 +437,7 @@ class DeviceApi:
                 "keyName": KEY_NAME,
                 "message": "TPM attestation challenge: activate authenticationKey and sign "
                            "the SAS token with it"}
-        if emu.faults.take("missing_keyname", "put_challenge") is not None:
-            fired.append("missing_keyname")
+        if emu.faults.take("missing_keyname", "put_challenge", fired) is not None:
             del body["keyName"]
         return Response(401, body)
 
@@ -492,9 +485,8 @@ class DeviceApi:
             return {"status": "failed", "registrationState": state}
         e = enrollment["enrollment"]
         failure = enrollment.get("emulator", {}).get("failure")
-        params = emu.faults.take("assign_failed", "get")
+        params = emu.faults.take("assign_failed", "get", fired)
         if params is not None:
-            fired.append("assign_failed")
             failure = {"errorCode": int(params["error_code"]),
                        "errorMessage": params["error_message"]}
         if failure:
@@ -820,9 +812,13 @@ class ServiceApi:
 
 
 def unsupported_version(version, supported):
-    # Field case B25: 400 / 400004, told apart from a bad EK (also 400004) by the message.
-    return ApiError(400, 400004, "Unsupported API version %s. Supported api-versions: %s."
-                    % (version, ", ".join(supported)))
+    """Field case B25: 400 / 400004, told apart from a bad EK (also 400004) by the message.
+    `supported` empty: the bare message of the B25 repro (the unsupported_api_version
+    fault)."""
+    message = "Unsupported API version %s." % version
+    if supported:
+        message += " Supported api-versions: %s." % ", ".join(supported)
+    return ApiError(400, 400004, message)
 
 
 class HubApi:
@@ -841,8 +837,7 @@ class HubApi:
         if not ((method == "GET" and len(segs) == 2)
                 or (method == "POST" and segs[2:] == ["messages", "events"])):
             raise ApiError(404, 404000, "Not found")
-        if emu.faults.take("hub_401", "hub") is not None:
-            fired.append("hub_401")
+        if emu.faults.take("hub_401", "hub", fired) is not None:
             raise hub_unauthorized("hub_401 fault")
         device = emu.hub_devices.get("%s/%s" % (host, device_id))
         if device is None:
@@ -1103,18 +1098,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def route(self, kind, host, segs, query, body, auth, fired):
         emu = self.server.emu
         # Faults that act before the request is looked at, in a fixed order.
-        if emu.faults.take("drop", kind) is not None:
-            fired.append("drop")
+        if emu.faults.take("drop", kind, fired) is not None:
             self.drop()
-        params = emu.faults.take("delay", kind)
+        params = emu.faults.take("delay", kind, fired)
         if params is not None:
-            fired.append("delay")
             time.sleep(float(params["seconds"]))
         device = kind in ("put_challenge", "put_auth", "get")
         if device:
             version = query.get("api-version")
-            if emu.faults.take("unsupported_api_version", kind) is not None:
-                fired.append("unsupported_api_version")
+            if emu.faults.take("unsupported_api_version", kind, fired) is not None:
                 raise unsupported_version(version, ())
             if version not in emu.args.device_api_versions:
                 raise unsupported_version(version, emu.args.device_api_versions)
@@ -1125,9 +1117,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                            _retry_after(emu, params["retry_after"]))
         for name, status in (("put_429", 429), ("put_503", 503), ("get_429", 429),
                              ("get_503", 503)):
-            params = emu.faults.take(name, kind)
+            params = emu.faults.take(name, kind, fired)
             if params is not None:
-                fired.append(name)
                 raise ApiError(status, status * 1000 + 1,
                                "Too many requests" if status == 429 else "Service unavailable",
                                _retry_after(emu, params["retry_after"]))
@@ -1157,35 +1148,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def send(self, resp, kind, fired):
         """Write the response, applying the body/header faults.  Returns the status."""
         emu = self.server.emu
-        faulty = kind != "admin"
 
         def take(name):
-            if faulty and emu.faults.take(name, kind) is not None:
-                fired.append(name)
-                return True
-            return False
+            return None if kind == "admin" else emu.faults.take(name, kind, fired)
         body = b""
         if resp.body is not None:
             obj = resp.body
-            params = emu.faults.take("oversize_body", kind) if faulty else None
-            if params is not None and isinstance(obj, dict):
-                fired.append("oversize_body")
+            params = take("oversize_body") if isinstance(obj, dict) else None
+            if params is not None:
                 obj = dict(obj, padding="x" * int(params["bytes"]))
             body = json.dumps(obj).encode("utf-8")
-            if take("malformed_json"):
+            if take("malformed_json") is not None:
                 body = body[:-1] + b', "status": assigning}'
         wire_truncate = False
-        params = emu.faults.take("truncated_json", kind) if faulty and body else None
+        params = take("truncated_json") if body else None
         if params is not None:
-            fired.append("truncated_json")
             if params["mode"] == "wire":
                 wire_truncate = True
             else:
                 body = body[:len(body) // 2]
         content_type = JSON_TYPE
-        params = emu.faults.take("wrong_content_type", kind) if faulty else None
+        params = take("wrong_content_type")
         if params is not None:
-            fired.append("wrong_content_type")
             content_type = None if params["value"] == "none" else params["value"]
 
         self.send_response(resp.status)

@@ -167,9 +167,9 @@ class FaultSet:
         with self._lock:
             return self._faults.get(name)
 
-    def take(self, name, kind=None):
-        """If fault `name` is active and applies to `kind`, use one count of it and return
-        its params; else None."""
+    def take(self, name, kind=None, fired=None):
+        """If fault `name` is active and applies to `kind`, use one count of it, note its
+        name in the list `fired` and return its params; else None."""
         with self._lock:
             f = self._faults.get(name)
             if f is None or f.kind == "value":
@@ -180,4 +180,6 @@ class FaultSet:
                 if f.count <= 0:
                     return None
                 f.count -= 1
-            return dict(f.params)
+        if fired is not None:
+            fired.append(name)
+        return dict(f.params)

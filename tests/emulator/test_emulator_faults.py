@@ -196,7 +196,7 @@ def test_b25_unsupported_api_version_for_any_version(emu, make_device):
         r = dev.challenge(api_version=version)
         assert r.status == 400
         assert r.json()["errorCode"] == 400004
-        assert r.json()["message"].startswith("Unsupported API version %s" % version)
+        assert r.json()["message"] == "Unsupported API version %s." % version
     assert dev.challenge().status == 401
 
 
