@@ -1,5 +1,6 @@
 """DPS device API (protocol doc §1, §5.5) and the hub check, with software keys."""
 import base64
+import concurrent.futures
 import email.utils
 import http.client
 import socket
@@ -343,3 +344,24 @@ def test_default_binds_include_ipv6_loopback():
             assert conn.getresponse().status == 200
         finally:
             conn.close()
+
+
+def test_concurrent_devices_all_get_their_own_keys(emu, make_device):
+    """A small fleet registering at once, one thread and one keep-alive connection each."""
+    devices = [make_device() for _ in range(16)]
+
+    def run(dev):
+        conn = emu.connection()
+        try:
+            return dev.register(conn=conn).json()["status"]
+        finally:
+            conn.close()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(run, devices)) == ["assigned"] * 16
+    hub_keys = {emu.keys(d.regid)[1] for d in devices}
+    assert len(hub_keys) == 16
+    per_conn = {}
+    for e in emu.log():
+        if e["kind"] in ("put_challenge", "put_auth", "get"):
+            per_conn.setdefault(e["conn"], []).append(e["status"])
+    assert sorted(per_conn.values()) == [[401, 202, 202, 200]] * 16
