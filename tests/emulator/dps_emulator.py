@@ -1074,6 +1074,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (ConnectionError, ssl.SSLError, socket.timeout):
             status = 0
             self.close_connection = True
+        except Exception as e:  # an emulator bug: answer 500 rather than vanish
+            sys.stderr.write("%s internal error: %r\n" % (self.conn_id, e))
+            self.close_connection = True
+            status = 500
+            try:
+                self.send(Response(500, _error_body(emu, ApiError(500, 500000, "Internal "
+                                                                  "error"))), None, [])
+            except (OSError, ssl.SSLError):
+                status = 0
         finally:
             if kind != "admin":
                 entry.update(time=datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -1149,8 +1158,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Write the response, applying the body/header faults.  Returns the status."""
         emu = self.server.emu
 
-        def take(name):
-            return None if kind == "admin" else emu.faults.take(name, kind, fired)
+        def take(name):     # kind None or "admin": an answer no fault may touch
+            return None if kind in (None, "admin") else emu.faults.take(name, kind, fired)
         body = b""
         if resp.body is not None:
             obj = resp.body

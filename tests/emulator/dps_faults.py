@@ -66,6 +66,30 @@ def _kinds(on):
     return frozenset(out)
 
 
+def _number(text, integer=False):
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _check_param(name, key, value):
+    """Refuse a setting the emulator could not act on, when it is set, not when it fires."""
+    ok = True
+    if key == "retry_after":
+        ok = value == "none" or _number(value[5:] if value.startswith("date:") else value,
+                                        integer=not value.startswith("date:")) is not None
+    elif key in ("seconds",):
+        ok = _number(value) is not None
+    elif key in ("offset", "bytes", "error_code"):
+        ok = _number(value, integer=True) is not None
+    elif key == "mode":
+        ok = value in ("body", "wire")
+    if not ok:
+        raise FaultError("%s: bad value %r for %s" % (name, value, key))
+
+
 class Fault:
     def __init__(self, name, spec):
         if name not in SPECS:
@@ -106,6 +130,8 @@ class Fault:
                 raise FaultError("%s has no setting %r (has: %s)"
                                  % (name, key, ", ".join(sorted(defaults)) or "none"))
             self.params[key] = str(value)
+        for key, value in self.params.items():
+            _check_param(name, key, value)
 
     def describe(self):
         out = {"kind": self.kind, **self.params}

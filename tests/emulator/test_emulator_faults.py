@@ -339,7 +339,9 @@ def test_admin_fault_api(emu):
     emu.clear_faults("drop")
     assert set(emu.get_faults()) == {"delay"}
     for bad in ({"nope": 1}, {"drop": {"count": "x"}}, {"drop": {"on": "moon"}},
-                {"delay": {"sekonds": 1}}, {"clock_offset": "abc"}):
+                {"delay": {"sekonds": 1}}, {"clock_offset": "abc"},
+                {"delay": {"seconds": "soon"}}, {"put_429": {"retry_after": "later"}},
+                {"truncated_json": {"mode": "half"}}, {"oversize_body": {"bytes": -1}}):
         r = emu.request("POST", "/__emulator/faults", bad)
         assert r.status == 400, bad
     assert set(emu.get_faults()) == {"delay"}
