@@ -94,6 +94,12 @@ class Emulator:
     def ca(self):
         return os.path.join(self.state_dir, "ca.pem")
 
+    @property
+    def url(self):
+        """Base URL to give a client (the certificate also covers `localhost` and `::1`;
+        a client that sends Host: <hub host> reaches the hub check instead)."""
+        return "https://127.0.0.1:%d" % self.port
+
     def start(self, timeout=20):
         ready = os.path.join(self.state_dir, "ready")
         if os.path.exists(ready):

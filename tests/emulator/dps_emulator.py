@@ -355,8 +355,8 @@ class DeviceApi:
             raise unauthorized("no challenge issued to %r" % regid)
         try:
             dps_sas.check(header, bytes.fromhex(challenge["key"]),
-                      "%s/registrations/%s" % (scope, regid), self.emu.now(),
-                      self.emu.args.sas_skew, skn=KEY_NAME)
+                          "%s/registrations/%s" % (scope, regid), self.emu.now(),
+                          self.emu.args.sas_skew, skn=KEY_NAME)
         except dps_sas.SasError as e:
             raise unauthorized(str(e)) from None
 
@@ -557,7 +557,7 @@ class ServiceApi:
         for name in ("primaryKey", "secondaryKey"):
             try:
                 dps_sas.check_token(token, base64.b64decode(policy[name]), None, emu.now(),
-                                emu.args.sas_skew, skn=token.skn, resource_match=matches)
+                                    emu.args.sas_skew, skn=token.skn, resource_match=matches)
                 break
             except dps_sas.SasError as e:
                 last = e
@@ -843,8 +843,9 @@ class HubApi:
         if device is None:
             raise hub_unauthorized("device %r not on hub %s" % (device_id, host))
         try:
-            dps_sas.check(auth, bytes.fromhex(device["key"]), "%s/devices/%s" % (host, device_id),
-                      emu.now(), emu.args.sas_skew, skn=None)
+            dps_sas.check(auth, bytes.fromhex(device["key"]),
+                          "%s/devices/%s" % (host, device_id), emu.now(), emu.args.sas_skew,
+                          skn=None)
         except dps_sas.SasError as e:
             raise hub_unauthorized(str(e)) from None
         if method == "POST":
