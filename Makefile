@@ -9,7 +9,7 @@ prefix      ?= /usr
 sbindir     ?= $(prefix)/sbin
 BUILD       ?= build
 
-PKGS := tss2-esys tss2-mu tss2-rc tss2-tctildr libsystemd libcrypto libcurl json-c
+PKGS := tss2-esys tss2-mu tss2-rc tss2-tctildr libsystemd libcrypto libssl libcurl json-c
 
 CFLAGS      ?= -O2 -g
 WARN        := -Wall -Wextra -Wshadow -Wformat=2 -Wno-missing-field-initializers
@@ -23,11 +23,17 @@ HARDEN      := -fsanitize=address,undefined -fno-omit-frame-pointer
 HARDEN_LD   := -fsanitize=address,undefined
 endif
 
+# The clock floor: no clock on a device running this build can be earlier than the build.
+# SOURCE_DATE_EPOCH keeps package builds reproducible; else the last commit's time.
+ifeq ($(origin BUILD_EPOCH),undefined)
+BUILD_EPOCH := $(or $(SOURCE_DATE_EPOCH),$(shell git log -1 --format=%ct 2>/dev/null),$(shell date +%s))
+endif
+
 # Recursively expanded on purpose: pkg-config runs when a recipe needs it, after the
 # dependency check of `make check` and `make demo` had its chance to install packages.
 PKG_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(PKGS))
 PKG_LIBS     = $(shell $(PKG_CONFIG) --libs $(PKGS))
-ALL_CFLAGS   = -std=gnu11 -D_GNU_SOURCE $(WARN) $(HARDEN) -Iagent -DVERSION='"$(VERSION)"' $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
+ALL_CFLAGS   = -std=gnu11 -D_GNU_SOURCE $(WARN) $(HARDEN) -Iagent -DVERSION='"$(VERSION)"' -DBUILD_EPOCH=$(BUILD_EPOCH) $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
 ALL_LDFLAGS  = $(HARDEN_LD) $(LDFLAGS)
 
 AGENT_SRCS  := $(wildcard agent/*.c agent/*/*.c)

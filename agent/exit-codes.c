@@ -11,6 +11,7 @@ int exit_code_from_errno(int error) {
     case EINVAL:
     case E2BIG:
     case ENOEXEC:
+    case ENOKEY:
         return EXIT_USAGE;
     case ENODEV:
     case ENXIO:
@@ -25,7 +26,12 @@ int exit_code_from_errno(int error) {
     case EBUSY:
     case ETIMEDOUT:
     case ENOSPC:
+    case EHOSTUNREACH:
+    case ETIME:
+    case EREMOTEIO:
         return EXIT_TEMPORARY;
+    case ECONNREFUSED:
+        return EXIT_DPS_REFUSED;
     case ENOTRECOVERABLE:
         return EXIT_TPM_UNUSABLE;
     default:

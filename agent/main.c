@@ -10,7 +10,12 @@
 #include "cmd/common.h"
 #include "exit-codes.h"
 #include "state/nvstate.h"
+#include "tpm/identity.h"
 #include "tpm/keys.h"
+
+#ifndef BUILD_EPOCH
+#define BUILD_EPOCH 0
+#endif
 
 #ifndef VERSION
 #define VERSION "0.1"
@@ -34,6 +39,29 @@ static const struct command commands[] = {
      "Show the TPM, its keys, hierarchy authorization flags, lockout counter and the state\n"
      "record. Changes nothing.\n",
      1u << OUTPUT_JSON},
+    {"register", cmd_register,
+     "register [--force] [--id-scope=S] [--endpoint=URL] [--registration-id=ID] [--payload=FILE]",
+     "Register with DPS by TPM attestation and keep the hub key in the TPM at the identity\n"
+     "handle. An assigned device makes no request and changes nothing (the boot fast path).\n"
+     "  --force                  register again even when assigned\n"
+     "  --id-scope=S             DPS ID scope (IdScope=)\n"
+     "  --endpoint=URL           global endpoint (GlobalEndpoint=)\n"
+     "  --registration-id=ID     instead of the one derived from the EK (RegistrationId=)\n"
+     "  --payload=FILE           custom allocation payload, JSON (PayloadFile=)\n"
+     "  --ca-bundle=FILE         trusted CAs for DPS (CABundle=)\n"
+     "  --api-version=V          DPS device api-version (ApiVersion=, default 2021-06-01)\n"
+     "  --timeout=SEC            overall deadline, 0 for none (TimeoutSec=, default 900)\n",
+     0},
+    {"sas", cmd_sas, "sas [--resource=URI] [--expiry=SECONDS|@UNIXTIME]",
+     "Print an IoT Hub SAS token signed by the identity key inside the TPM.\n"
+     "  --resource=URI           default <assigned hub>/devices/<device ID>\n"
+     "  --expiry=SECONDS         lifetime from now (default 3600), or @UNIXTIME\n",
+     0},
+    {"reset", cmd_reset, "reset --yes",
+     "Back to unprovisioned: removes the identity key (only the one tpm-provision persisted),\n"
+     "the assignment in the state record and the hand-off file. EK, SRK and the state index\n"
+     "stay. Needs --yes.\n",
+     0},
     {"ek", cmd_ek, "ek [--json|--csv]",
      "Print the registration ID, the EK public as DPS takes it (base64 TPM2B_PUBLIC) and the EK\n"
      "certificate's serial and SHA-256 fingerprint. Reads the EK fresh from the TPM; an EK that\n"
@@ -57,6 +85,8 @@ static void help_global(FILE *f) {
             "  --ek-handle=HANDLE        persistent EK handle (default 0x%08x)\n"
             "  --srk-handle=HANDLE       persistent SRK handle (default 0x%08x)\n"
             "  --state-index=INDEX       NV index of the state record (default 0x%08x)\n"
+            "  --identity-handle=HANDLE  persistent handle of the DPS identity key (default 0x%08x)\n"
+            "  --config=FILE             configuration file (default %s)\n"
             "  -v, --verbose             more detail (repeat for debug)\n"
             "  -q, --quiet               errors only\n"
             "  -h, --help                this help; with a command, that command's help\n"
@@ -68,7 +98,8 @@ static void help_global(FILE *f) {
             "See tpm-provision(8).\n",
             TPM_DEFAULT_TCTI, hierarchy_credential(HIERARCHY_OWNER),
             hierarchy_credential(HIERARCHY_ENDORSEMENT), hierarchy_credential(HIERARCHY_LOCKOUT),
-            EK_DEFAULT_HANDLE, SRK_DEFAULT_HANDLE, NVSTATE_DEFAULT_INDEX);
+            EK_DEFAULT_HANDLE, SRK_DEFAULT_HANDLE, NVSTATE_DEFAULT_INDEX, IDENTITY_DEFAULT_HANDLE,
+            CONFIG_DEFAULT_PATH);
 }
 
 static int parse_handle(const char *arg, const char *option, uint32_t lo, uint32_t hi,
@@ -97,7 +128,84 @@ enum {
     OPT_CSV,
     OPT_SET_LOCKOUT_AUTH,
     OPT_VERSION,
+    OPT_IDENTITY_HANDLE,
+    OPT_CONFIG,
+    OPT_FORCE,
+    OPT_ID_SCOPE,
+    OPT_ENDPOINT,
+    OPT_REGISTRATION_ID,
+    OPT_PAYLOAD,
+    OPT_CA_BUNDLE,
+    OPT_API_VERSION,
+    OPT_TIMEOUT,
+    OPT_RESOURCE,
+    OPT_EXPIRY,
+    OPT_YES,
 };
+
+/* Command line values, applied over the configuration once it is read. */
+struct overrides {
+    const char *tcti, *auth_file[_HIERARCHY_MAX], *config;
+    const char *id_scope, *endpoint, *registration_id, *payload, *ca_bundle, *api_version;
+    uint32_t ek_handle, srk_handle, state_index, identity_handle;
+    int64_t timeout;
+};
+
+static int set_string(char **slot, const char *value) {
+    if (!value)
+        return 0;
+    free(*slot);
+    *slot = strdup(value);
+    return *slot ? 0 : -ENOMEM;
+}
+
+static int apply_overrides(struct config *c, const struct overrides *v) {
+    const char *files[_HIERARCHY_MAX] = {c->owner_auth_file, c->endorsement_auth_file,
+                                         c->lockout_auth_file};
+    int r = 0;
+    (void)files;
+
+    r |= set_string(&c->tcti, v->tcti);
+    r |= set_string(&c->owner_auth_file, v->auth_file[HIERARCHY_OWNER]);
+    r |= set_string(&c->endorsement_auth_file, v->auth_file[HIERARCHY_ENDORSEMENT]);
+    r |= set_string(&c->lockout_auth_file, v->auth_file[HIERARCHY_LOCKOUT]);
+    r |= set_string(&c->id_scope, v->id_scope);
+    r |= set_string(&c->endpoint, v->endpoint);
+    r |= set_string(&c->registration_id, v->registration_id);
+    r |= set_string(&c->payload_file, v->payload);
+    r |= set_string(&c->ca_bundle, v->ca_bundle);
+    r |= set_string(&c->api_version, v->api_version);
+    if (v->ek_handle)
+        c->ek_handle = v->ek_handle;
+    if (v->srk_handle)
+        c->srk_handle = v->srk_handle;
+    if (v->state_index)
+        c->state_index = v->state_index;
+    if (v->identity_handle)
+        c->identity_handle = v->identity_handle;
+    if (v->timeout >= 0)
+        c->deadline_sec = (uint32_t)v->timeout;
+    /* A trailing slash on the endpoint would double in every URL. */
+    if (c->endpoint) {
+        size_t n = strlen(c->endpoint);
+        while (n > 0 && c->endpoint[n - 1] == '/')
+            c->endpoint[--n] = '\0';
+    }
+    return r ? -ENOMEM : 0;
+}
+
+static int parse_seconds(const char *arg, const char *option, int64_t max, int64_t *ret) {
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(arg, &end, 10);
+    if (errno || end == arg || *end || v < 0 || v > max)
+        return log_error_errno(EINVAL, "Invalid %s '%s': expected seconds from 0 to %lld.",
+                               option, arg, (long long)max);
+    *ret = v;
+    return 0;
+}
 
 int main(int argc, char *argv[]) {
     static const struct option longopts[] = {
@@ -115,13 +223,24 @@ int main(int argc, char *argv[]) {
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"identity-handle", required_argument, NULL, OPT_IDENTITY_HANDLE},
+        {"config", required_argument, NULL, OPT_CONFIG},
+        {"force", no_argument, NULL, OPT_FORCE},
+        {"id-scope", required_argument, NULL, OPT_ID_SCOPE},
+        {"endpoint", required_argument, NULL, OPT_ENDPOINT},
+        {"registration-id", required_argument, NULL, OPT_REGISTRATION_ID},
+        {"payload", required_argument, NULL, OPT_PAYLOAD},
+        {"ca-bundle", required_argument, NULL, OPT_CA_BUNDLE},
+        {"api-version", required_argument, NULL, OPT_API_VERSION},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"resource", required_argument, NULL, OPT_RESOURCE},
+        {"expiry", required_argument, NULL, OPT_EXPIRY},
+        {"yes", no_argument, NULL, OPT_YES},
         {},
     };
-    struct options o = {
-        .ek_handle = EK_DEFAULT_HANDLE,
-        .srk_handle = SRK_DEFAULT_HANDLE,
-        .state_index = NVSTATE_DEFAULT_INDEX,
-    };
+    struct options o = {.expiry = 3600, .clock_floor = BUILD_EPOCH};
+    struct overrides v = {.timeout = -1};
+    const char *only_for = NULL, *only_cmd = NULL;
     const struct command *cmd = NULL;
     bool help = false;
     int c, r = 0, level = LOG_INFO;
@@ -132,13 +251,34 @@ int main(int argc, char *argv[]) {
 
     while ((c = getopt_long(argc, argv, "vqh", longopts, NULL)) >= 0) {
         switch (c) {
-        case OPT_TCTI: o.tcti = optarg; break;
-        case OPT_OWNER_AUTH: o.auth_file[HIERARCHY_OWNER] = optarg; break;
-        case OPT_ENDORSEMENT_AUTH: o.auth_file[HIERARCHY_ENDORSEMENT] = optarg; break;
-        case OPT_LOCKOUT_AUTH: o.auth_file[HIERARCHY_LOCKOUT] = optarg; break;
-        case OPT_EK_HANDLE: r = parse_handle(optarg, "--ek-handle", 0x81000000, 0x81ffffff, &o.ek_handle); break;
-        case OPT_SRK_HANDLE: r = parse_handle(optarg, "--srk-handle", 0x81000000, 0x81ffffff, &o.srk_handle); break;
-        case OPT_STATE_INDEX: r = parse_handle(optarg, "--state-index", 0x01000000, 0x01bfffff, &o.state_index); break;
+        case OPT_TCTI: v.tcti = optarg; break;
+        case OPT_OWNER_AUTH: v.auth_file[HIERARCHY_OWNER] = optarg; break;
+        case OPT_ENDORSEMENT_AUTH: v.auth_file[HIERARCHY_ENDORSEMENT] = optarg; break;
+        case OPT_LOCKOUT_AUTH: v.auth_file[HIERARCHY_LOCKOUT] = optarg; break;
+        case OPT_EK_HANDLE: r = parse_handle(optarg, "--ek-handle", 0x81000000, 0x81ffffff, &v.ek_handle); break;
+        case OPT_SRK_HANDLE: r = parse_handle(optarg, "--srk-handle", 0x81000000, 0x81ffffff, &v.srk_handle); break;
+        case OPT_IDENTITY_HANDLE: r = parse_handle(optarg, "--identity-handle", 0x81000000, 0x81ffffff, &v.identity_handle); break;
+        case OPT_STATE_INDEX: r = parse_handle(optarg, "--state-index", 0x01000000, 0x01bfffff, &v.state_index); break;
+        case OPT_CONFIG: v.config = optarg; break;
+        case OPT_FORCE: o.force = true; only_for = "--force"; only_cmd = "register"; break;
+        case OPT_ID_SCOPE: v.id_scope = optarg; break;
+        case OPT_ENDPOINT: v.endpoint = optarg; break;
+        case OPT_REGISTRATION_ID: v.registration_id = optarg; break;
+        case OPT_PAYLOAD: v.payload = optarg; break;
+        case OPT_CA_BUNDLE: v.ca_bundle = optarg; break;
+        case OPT_API_VERSION: v.api_version = optarg; break;
+        case OPT_TIMEOUT: r = parse_seconds(optarg, "--timeout", 7 * 24 * 3600, &v.timeout); break;
+        case OPT_RESOURCE: o.resource = optarg; only_for = "--resource"; only_cmd = "sas"; break;
+        case OPT_EXPIRY:
+            only_for = "--expiry";
+            only_cmd = "sas";
+            if (optarg[0] == '@') {
+                r = parse_seconds(optarg + 1, "--expiry", INT64_MAX / 2, &o.expiry);
+                o.expiry = -o.expiry;
+            } else
+                r = parse_seconds(optarg, "--expiry", 365 * 24 * 3600, &o.expiry);
+            break;
+        case OPT_YES: o.yes = true; only_for = "--yes"; only_cmd = "reset"; break;
         case OPT_JSON: o.format = OUTPUT_JSON; break;
         case OPT_CSV: o.format = OUTPUT_CSV; break;
         case OPT_SET_LOCKOUT_AUTH: o.set_lockout_auth_file = optarg; break;
@@ -188,12 +328,19 @@ int main(int argc, char *argv[]) {
         log_error("--set-lockout-auth goes with 'own' only.");
         return EXIT_USAGE;
     }
+    if (only_for && strcmp(cmd->name, only_cmd) != 0) {
+        log_error("%s goes with '%s' only.", only_for, only_cmd);
+        return EXIT_USAGE;
+    }
 
-    if (!o.tcti)
-        o.tcti = getenv("TPM_PROVISION_TCTI");
-    if (!o.tcti || !*o.tcti)
-        o.tcti = TPM_DEFAULT_TCTI;
-
-    r = cmd->run(&o);
+    if (v.config)
+        setenv("TPM_PROVISION_CONFIG", v.config, 1);
+    config_init(&o.cfg);
+    r = config_load(&o.cfg);
+    if (r >= 0)
+        r = apply_overrides(&o.cfg, &v);
+    if (r >= 0)
+        r = cmd->run(&o);
+    config_done(&o.cfg);
     return exit_code_from_errno(r);
 }

@@ -69,7 +69,7 @@ int cmd_ek(const struct options *o) {
     r = cmd_open_tpm(o, &t, &auths);
     if (r < 0)
         return r;
-    r = ek_info_collect(t, &auths, o->ek_handle, &info);
+    r = ek_info_collect(t, &auths, o->cfg.ek_handle, &info);
     hierarchy_auths_wipe(&auths);
     if (r < 0)
         goto out;

@@ -13,6 +13,9 @@
 #include "tpm/keys.h"
 #include "tpm/tpm-rc.h"
 
+/* Long enough for another instance to finish creating two RSA keys on a slow TPM (B30). */
+#define LOCK_TIMEOUT_SEC 300
+
 /* The ownership policy (tpm-provision(8), OWNERSHIP POLICY): hierarchy authorizations are
  * left as they are, except that an empty lockout authorization is set when the operator
  * supplies a new value. Owner and endorsement stay as found, since systemd-cryptenroll,
@@ -47,60 +50,18 @@ static int apply_lockout_policy(struct tpm *t, const struct hierarchy_auths *a) 
     return 0;
 }
 
-static int ensure_state(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE index) {
-    struct nvstate s;
-    int r;
-
-    r = nvstate_load(t, index, true, &s);
-    if (r == -EEXIST)
-        return log_error_errno(EEXIST, "NV index 0x%08x exists and was not defined by "
-                               "tpm-provision; it is left alone. Choose another with "
-                               "--state-index.", index);
-    if (r < 0) {
-        r = log_error_errno(r, "Cannot read the state NV index 0x%08x: %s", index,
-                            tpm_last_error(t));
-        goto out;
-    }
-    if (s.status == -EPROTONOSUPPORT) {
-        r = log_error_errno(EPROTONOSUPPORT, "The state record in 0x%08x was written by a newer "
-                            "tpm-provision; not touching it.", index);
-        goto out;
-    }
-    if (s.status == 0) {
-        log_info("State record present (%s).", record_state_to_string(s.record.state));
-        goto out;
-    }
-
-    r = hierarchy_require(t, a, HIERARCHY_OWNER, "write the state NV index");
-    if (r < 0)
-        goto out;
-    if (!s.defined) {
-        r = nvstate_define(t, &s);
-        if (r < 0) {
-            r = hierarchy_log_failure(t, a, HIERARCHY_OWNER, r, "define the state NV index");
-            goto out;
-        }
-    } else if (s.status == -EBADMSG)
-        log_warning("The state record in 0x%08x is damaged; writing a fresh one.", index);
-
-    struct record rec = {.state = RECORD_OWNED, .changed_at = (uint64_t)time(NULL)};
-    r = nvstate_save(t, &s, &rec);
-    if (r < 0) {
-        r = hierarchy_log_failure(t, a, HIERARCHY_OWNER, r, "write the state NV index");
-        goto out;
-    }
-    log_notice("Wrote the state record: owned.");
-out:
-    nvstate_done(t, &s);
-    return r;
-}
-
 int cmd_own(const struct options *o) {
     _cleanup_(tpm_closep) struct tpm *t = NULL;
     struct hierarchy_auths auths;
+    _cleanup_close_ int lock = -1;
+    struct nvstate state = {.tr = ESYS_TR_NONE};
     TPM2B_PUBLIC ek, srk;
     bool ek_created, srk_created;
     int r;
+
+    lock = cmd_lock(LOCK_TIMEOUT_SEC);
+    if (lock < 0)
+        return lock;
 
     r = cmd_open_tpm(o, &t, &auths);
     if (r < 0)
@@ -111,22 +72,23 @@ int cmd_own(const struct options *o) {
                     "tpm-provision uses are not subject to it, so it goes on.",
                     t->lockout_counter, t->max_auth_fail);
 
-    r = ek_ensure(t, &auths, o->ek_handle, &ek, &ek_created);
+    r = ek_ensure(t, &auths, o->cfg.ek_handle, &ek, &ek_created);
     if (r < 0)
         goto out;
-    r = srk_ensure(t, &auths, o->srk_handle, &srk, &srk_created);
+    r = srk_ensure(t, &auths, o->cfg.srk_handle, &srk, &srk_created);
     if (r < 0)
         goto out;
-    r = ensure_state(t, &auths, o->state_index);
+    r = cmd_ensure_state(t, &auths, o->cfg.state_index, &state);
+    nvstate_done(t, &state);
     if (r < 0)
         goto out;
     r = apply_lockout_policy(t, &auths);
     if (r < 0)
         goto out;
 
-    log_info("TPM ready: EK 0x%08x (%s), SRK 0x%08x (%s), state index 0x%08x.", o->ek_handle,
-             ek_created ? "created" : "existing", o->srk_handle,
-             srk_created ? "created" : "existing", o->state_index);
+    log_info("TPM ready: EK 0x%08x (%s), SRK 0x%08x (%s), state index 0x%08x.", o->cfg.ek_handle,
+             ek_created ? "created" : "existing", o->cfg.srk_handle,
+             srk_created ? "created" : "existing", o->cfg.state_index);
 out:
     hierarchy_auths_wipe(&auths);
     return r;

@@ -127,8 +127,8 @@ int cmd_status(const struct options *o) {
              t->firmware2 >> 16, t->firmware2 & 0xffff);
     json_object_object_add(tpm, "firmware", json_object_new_string(fw));
     json_object_object_add(j, "tpm", tpm);
-    json_object_object_add(j, "ek", key_json(t, o->ek_handle));
-    json_object_object_add(j, "srk", key_json(t, o->srk_handle));
+    json_object_object_add(j, "ek", key_json(t, o->cfg.ek_handle));
+    json_object_object_add(j, "srk", key_json(t, o->cfg.srk_handle));
 
     json_object *auth = json_object_new_object();
     json_object_object_add(auth, "owner", json_object_new_boolean(hierarchy_auth_is_set(t, HIERARCHY_OWNER)));
@@ -142,7 +142,7 @@ int cmd_status(const struct options *o) {
     json_object_object_add(da, "maxTries", json_object_new_int64(t->max_auth_fail));
     json_object_object_add(da, "recoverySeconds", json_object_new_int64(t->lockout_interval));
     json_object_object_add(j, "dictionaryAttack", da);
-    json_object_object_add(j, "state", state_json(t, o->state_index));
+    json_object_object_add(j, "state", state_json(t, o->cfg.state_index));
 
     if (o->format == OUTPUT_JSON)
         puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));

@@ -1,0 +1,752 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tpm-provision register: the network phase. One DPS registration by TPM attestation over one
+ * HTTPS connection (protocol document 1.12):
+ *
+ *   1. PUT register, unauthenticated, with the EK and SRK publics -> 401 with the challenge
+ *   2. ActivateCredential + Import of the challenge key K1 (kept transient)
+ *   3. PUT register with a SAS token signed by K1 inside the TPM -> 202 with an operation
+ *   4. GET the operation, as retry-after says, until assigned, failed or disabled
+ *   5. on assigned: import the hub key K2, persist it at the identity handle, record the
+ *      assignment in NV, write the hand-off file
+ *
+ * Each request is retried on its own when the answer says "later" (429, 5xx, a network
+ * failure), honouring retry-after and otherwise backing off with full jitter, within one
+ * overall deadline. An assigned device takes the fast path: no request, no TPM write.
+ */
+#include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+
+#include "basic/log.h"
+#include "cmd/common.h"
+#include "dps/http.h"
+#include "dps/messages.h"
+#include "dps/wire.h"
+#include "tpm/ekpub.h"
+#include "tpm/identity.h"
+#include "tpm/keys.h"
+#include "tpm/tpm-rc.h"
+
+#define LOCK_TIMEOUT_SEC 300
+#define BACKOFF_BASE_MS 2000
+#define BACKOFF_CAP_MS (5 * 60 * 1000)
+#define RETRY_AFTER_MAX_SEC (10 * 60)
+#define POLL_DEFAULT_SEC 2
+#define PAYLOAD_MAX (64 * 1024)
+
+struct registration {
+    const struct options *o;
+    const struct config *cfg;
+    struct tpm *t;
+    struct hierarchy_auths auths;
+    struct http *http;
+    struct nvstate state;
+
+    char registration_id[RECORD_REGISTRATION_ID_MAX + 1];
+    char *ek_base64, *srk_base64, *body, *register_url, *sr;
+    char key_name[65];
+
+    /* The server's clock, from the Date header of its last answer (field case B26). */
+    bool have_server_time;
+    time_t server_time;
+    uint64_t server_time_at_ms;
+
+    uint64_t deadline_ms; /* monotonic; 0 = none */
+    unsigned attempt;     /* consecutive "later" answers, for the backoff */
+
+    ESYS_TR challenge_key, hub_key;
+    char *token;
+    uint64_t token_expiry;
+    char *operation_id;
+};
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(uint64_t ms) {
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* What time it is for DPS: the server's Date plus the time since, else the local clock. */
+static time_t server_now(const struct registration *g) {
+    if (g->have_server_time)
+        return g->server_time + (time_t)((now_ms() - g->server_time_at_ms) / 1000);
+    return time(NULL);
+}
+
+static void note_server_time(struct registration *g, const struct http_response *resp) {
+    time_t t;
+
+    if (resp->date && dps_http_date_parse(resp->date, &t) == 0) {
+        time_t local = time(NULL);
+        if (!g->have_server_time && (local > t + 300 || local < t - 300))
+            log_warning("The system clock is %+lld s off DPS's; using DPS's time for tokens.",
+                        (long long)(local - t));
+        g->have_server_time = true;
+        g->server_time = t;
+        g->server_time_at_ms = now_ms();
+    }
+}
+
+/* Waits before the next attempt: retry-after when the server gave one, else exponential
+ * backoff with full jitter. -ETIMEDOUT when that would pass the deadline. */
+static int wait_before_retry(struct registration *g, const struct http_response *resp,
+                             const char *why) {
+    uint64_t delay_ms, rnd = 0;
+    int64_t after = -1;
+
+    if (resp && resp->retry_after)
+        after = dps_retry_after_parse(resp->retry_after, server_now(g), 1, RETRY_AFTER_MAX_SEC);
+    if (after >= 0)
+        delay_ms = (uint64_t)after * 1000;
+    else {
+        RAND_bytes((unsigned char *)&rnd, sizeof(rnd));
+        delay_ms = dps_backoff_ms(g->attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd);
+    }
+    g->attempt++;
+
+    if (g->deadline_ms && now_ms() + delay_ms > g->deadline_ms)
+        return log_error_errno(ETIMEDOUT, "%s; the registration deadline (TimeoutSec=%u) would "
+                               "pass before the next attempt. Giving up for now.", why,
+                               g->cfg->deadline_sec);
+    log_info("%s; trying again in %llu s.", why, (unsigned long long)((delay_ms + 999) / 1000));
+    sd_notifyf(0, "STATUS=%s; next attempt in %llu s", why,
+               (unsigned long long)((delay_ms + 999) / 1000));
+    sleep_ms(delay_ms);
+    return 0;
+}
+
+enum outcome { DONE, RETRY };
+
+/*
+ * Sends one request and sorts out what the transport said. DONE with *resp filled when an HTTP
+ * answer arrived that is not a "later"; RETRY after waiting when it was; a negative errno when
+ * the run must stop. Transport failures are logged as what they are, never as a DPS answer.
+ */
+static int exchange(struct registration *g, const char *what, const char *method, const char *url,
+                    const char *auth, const char *body, struct http_response *resp) {
+    char why[640];
+    int r;
+
+    r = http_request(g->http, method, url, auth, body, resp);
+    if (r < 0) {
+        switch (resp->failure) {
+        case HTTP_FAIL_TRUST:
+            return log_error_errno(ENOKEY, "TLS: the DPS server's certificate is not "
+                                   "trusted (%s). Check CABundle= and, behind a TLS-inspecting "
+                                   "proxy, add its CA. Not retrying.", resp->error);
+        case HTTP_FAIL_CLOCK:
+            snprintf(why, sizeof(why), "%s: TLS certificate not valid at the current time (%s); "
+                     "the system clock may be wrong", what, resp->error);
+            break;
+        case HTTP_FAIL_PROXY:
+            snprintf(why, sizeof(why), "%s: proxy error (%s)", what, resp->error);
+            break;
+        default:
+            snprintf(why, sizeof(why), "%s: %s", what, resp->error);
+        }
+        log_warning("%s.", why);
+        r = wait_before_retry(g, NULL, why);
+        http_response_done(resp);
+        return r < 0 ? r : RETRY;
+    }
+
+    note_server_time(g, resp);
+    log_debug("%s: HTTP %ld (%zu bytes).", what, resp->status, resp->body_size);
+    if (resp->status == 429 || resp->status >= 500) {
+        snprintf(why, sizeof(why), "%s: DPS answered HTTP %ld%s", what, resp->status,
+                 resp->status == 429 ? " (throttled)" : "");
+        r = wait_before_retry(g, resp, why);
+        http_response_done(resp);
+        return r < 0 ? r : RETRY;
+    }
+    return DONE;
+}
+
+/* A DPS error answer, logged once with its code and message. */
+static int dps_error(const struct http_response *resp, const char *what, int error) {
+    struct dps_answer a = {0};
+
+    dps_answer_parse(resp->body, &a);
+    log_error_errno(error, "%s: DPS answered HTTP %ld, errorCode %lld: %s", what, resp->status,
+                    (long long)a.error_code, a.error_message ? a.error_message : "(no message)");
+    dps_answer_done(&a);
+    return -abs(error);
+}
+
+/* Answers that end the run with a configuration or enrollment problem (B25 and friends). */
+static int classify_refusal(const struct http_response *resp, const char *what) {
+    struct dps_answer a = {0};
+    int r;
+
+    dps_answer_parse(resp->body, &a);
+    bool api_version = a.error_code == 400004 && a.error_message &&
+                       strcasestr(a.error_message, "api") && strcasestr(a.error_message, "version");
+    dps_answer_done(&a);
+
+    if (api_version) {
+        r = dps_error(resp, what, EINVAL);
+        log_error("This DPS does not take api-version %s: set ApiVersion= to one it supports.",
+                  "configured");
+        return r;
+    }
+    if (resp->status == 404)
+        return dps_error(resp, what, EINVAL); /* unknown ID scope: configuration */
+    return dps_error(resp, what, ECONNREFUSED);
+}
+
+static int import_key(struct registration *g, const char *base64, const char *what,
+                      ESYS_TR *ret_key, TPM2B_NAME *ret_name) {
+    struct dps_blob blob;
+    const char *why = NULL;
+    int r;
+
+    r = dps_blob_parse(base64, &blob, &why);
+    if (r < 0)
+        return log_error_errno(EREMOTEIO, "The %s from DPS is malformed (%s); nothing was "
+                               "changed in the TPM.", what, why ? why : "unparsable");
+    r = identity_import(g->t, &g->auths, g->cfg->ek_handle, g->cfg->srk_handle, &blob, ret_key,
+                        ret_name);
+    secure_zero(&blob, sizeof(blob));
+    return r;
+}
+
+/* Signs a SAS token for the registration with the challenge key, expiring ttl after DPS's now. */
+static int sign_token(struct registration *g) {
+    _cleanup_free_ char *to_sign = NULL;
+    uint8_t mac[32];
+    int r;
+
+    g->token_expiry = (uint64_t)server_now(g) + g->cfg->sas_ttl_sec;
+    to_sign = dps_sas_string_to_sign(g->sr, g->token_expiry);
+    if (!to_sign)
+        return -ENOMEM;
+    r = identity_hmac(g->t, g->challenge_key, to_sign, strlen(to_sign), mac);
+    if (r < 0)
+        return log_error_errno(r, "Cannot sign the DPS token in the TPM: %s",
+                               tpm_last_error(g->t));
+    free(g->token);
+    g->token = dps_sas_token(g->sr, mac, sizeof(mac), g->token_expiry, g->key_name);
+    secure_zero(mac, sizeof(mac));
+    return g->token ? 0 : -ENOMEM;
+}
+
+/* Step 1 and 2: the unauthenticated PUT and the challenge key. */
+static int challenge(struct registration *g) {
+    struct http_response resp;
+    struct dps_answer a = {0};
+    TPM2B_NAME name;
+    int r;
+
+    sd_notify(0, "STATUS=Registering with DPS");
+    for (;;) {
+        r = exchange(g, "PUT register", "PUT", g->register_url, NULL, g->body, &resp);
+        if (r < 0)
+            return r;
+        if (r == DONE)
+            break;
+    }
+
+    if (resp.status != 401) {
+        r = resp.status >= 400 ? classify_refusal(&resp, "Registration")
+                               : log_error_errno(EREMOTEIO, "DPS answered the first PUT with "
+                                                 "HTTP %ld instead of a challenge.", resp.status);
+        http_response_done(&resp);
+        return r;
+    }
+    r = dps_answer_parse(resp.body, &a);
+    if (r < 0 || !a.authentication_key) {
+        /* A 401 without authenticationKey is a refusal, not a challenge (section 1.5). */
+        r = dps_error(&resp, "Registration refused: DPS does not know this device's EK under "
+                      "this registration ID; check the enrollment", ECONNREFUSED);
+        http_response_done(&resp);
+        dps_answer_done(&a);
+        return r;
+    }
+    http_response_done(&resp);
+
+    /* skn is the keyName DPS gives; every client uses "registration" (section 1.6). */
+    snprintf(g->key_name, sizeof(g->key_name), "%s", a.key_name ? a.key_name : "registration");
+    identity_flush(g->t, &g->challenge_key);
+    r = import_key(g, a.authentication_key, "challenge key", &g->challenge_key, &name);
+    dps_answer_done(&a);
+    if (r < 0)
+        return r;
+    log_info("DPS challenge accepted by the TPM.");
+    g->attempt = 0;
+    return sign_token(g);
+}
+
+/* Step 3: the authenticated PUT. Returns the operation in *ret (or the final answer). */
+static int authenticated_put(struct registration *g, struct dps_answer *ret, bool *ret_unauthorized) {
+    struct http_response resp;
+    int r;
+
+    *ret_unauthorized = false;
+    for (;;) {
+        if (g->token_expiry < (uint64_t)server_now(g) + 60) {
+            r = sign_token(g);
+            if (r < 0)
+                return r;
+        }
+        r = exchange(g, "PUT register (signed)", "PUT", g->register_url, g->token, g->body, &resp);
+        if (r < 0)
+            return r;
+        if (r == DONE)
+            break;
+    }
+
+    if (resp.status == 401) {
+        *ret_unauthorized = true;
+        http_response_done(&resp);
+        return 0;
+    }
+    if (resp.status != 200 && resp.status != 202) {
+        r = classify_refusal(&resp, "Signed registration");
+        http_response_done(&resp);
+        return r;
+    }
+    r = dps_answer_parse(resp.body, ret);
+    http_response_done(&resp);
+    if (r < 0 || (!ret->operation_id && ret->status != DPS_STATUS_ASSIGNED))
+        return log_error_errno(EREMOTEIO, "DPS's answer to the signed registration is not "
+                               "the JSON it should be.");
+    g->attempt = 0;
+    return 0;
+}
+
+/* Step 4: polls the operation until it ends. */
+static int poll_operation(struct registration *g, struct dps_answer *op, bool *ret_unauthorized) {
+    _cleanup_free_ char *url = NULL, *op_id = NULL;
+    int r;
+
+    *ret_unauthorized = false;
+    while (op->status == DPS_STATUS_ASSIGNING || op->status == DPS_STATUS_UNASSIGNED ||
+           op->status == DPS_STATUS_UNKNOWN) {
+        struct http_response resp;
+        struct dps_answer next = {0};
+        _cleanup_free_ char *enc = NULL;
+
+        if (!op->operation_id)
+            return log_error_errno(EREMOTEIO, "DPS gave no operationId to poll.");
+        if (!url) {
+            op_id = strdup(op->operation_id);
+            enc = dps_url_encode(op_id);
+            if (!enc || asprintf(&url, "%s/%s/registrations/%s/operations/%s?api-version=%s",
+                                 g->cfg->endpoint, g->cfg->id_scope, g->registration_id, enc,
+                                 g->cfg->api_version) < 0)
+                return -ENOMEM;
+        }
+
+        sd_notify(0, "STATUS=Waiting for DPS to assign a hub");
+        for (;;) {
+            if (g->token_expiry < (uint64_t)server_now(g) + 60) {
+                r = sign_token(g);
+                if (r < 0)
+                    return r;
+            }
+            r = exchange(g, "GET operation", "GET", url, g->token, NULL, &resp);
+            if (r < 0)
+                return r;
+            if (r == DONE)
+                break;
+        }
+        if (resp.status == 401) {
+            *ret_unauthorized = true;
+            http_response_done(&resp);
+            return 0;
+        }
+        if (resp.status != 200 && resp.status != 202) {
+            r = classify_refusal(&resp, "Operation status");
+            http_response_done(&resp);
+            return r;
+        }
+        r = dps_answer_parse(resp.body, &next);
+        if (r < 0) {
+            http_response_done(&resp);
+            log_warning("DPS's operation status is not valid JSON; asking again.");
+            r = wait_before_retry(g, NULL, "Malformed operation status");
+            if (r < 0)
+                return r;
+            continue;
+        }
+        if (!next.operation_id)
+            next.operation_id = strdup(op_id);
+        dps_answer_done(op);
+        *op = next;
+
+        if (op->status == DPS_STATUS_ASSIGNING || op->status == DPS_STATUS_UNASSIGNED) {
+            int64_t after = resp.retry_after ? dps_retry_after_parse(resp.retry_after,
+                                               server_now(g), 1, RETRY_AFTER_MAX_SEC) : -1;
+            uint64_t ms = (uint64_t)(after >= 0 ? after : POLL_DEFAULT_SEC) * 1000;
+            http_response_done(&resp);
+            if (g->deadline_ms && now_ms() + ms > g->deadline_ms)
+                return log_error_errno(ETIMEDOUT, "DPS is still assigning and the "
+                                       "registration deadline (TimeoutSec=%u) is near; giving "
+                                       "up for now.", g->cfg->deadline_sec);
+            log_debug("DPS is assigning; asking again in %llu ms.", (unsigned long long)ms);
+            sleep_ms(ms);
+            continue;
+        }
+        http_response_done(&resp);
+    }
+    return 0;
+}
+
+/* Step 5: the hub key goes to the identity handle, in the order docs/state-record.md gives,
+ * so that a power cut between any two commands leaves a state the next run converges from. */
+static int install_identity(struct registration *g, const struct dps_answer *a) {
+    struct record rec = g->state.record;
+    enum identity_slot slot;
+    TPM2B_NAME name;
+    int r;
+
+    if (!a->assigned_hub || !a->device_id || !a->authentication_key)
+        return log_error_errno(EREMOTEIO, "DPS said 'assigned' but left out the hub, the device "
+                               "ID or the key; nothing was changed.");
+
+    r = import_key(g, a->authentication_key, "hub key", &g->hub_key, &name);
+    if (r < 0)
+        return r;
+
+    r = identity_slot_check(g->t, g->cfg->identity_handle, rec.identity_name,
+                            rec.identity_name_size, &slot);
+    if (r < 0)
+        return log_error_errno(r, "Cannot read the identity handle 0x%08x: %s",
+                               g->cfg->identity_handle, tpm_last_error(g->t));
+    if (slot == IDENTITY_SLOT_FOREIGN)
+        return log_error_errno(EEXIST, "0x%08x holds a key tpm-provision did not create; it is "
+                               "left alone. Set IdentityHandle= to a free handle.",
+                               g->cfg->identity_handle);
+    if (slot == IDENTITY_SLOT_OURS) {
+        r = identity_evict(g->t, g->cfg->identity_handle);
+        if (r < 0)
+            return hierarchy_log_failure(g->t, &g->auths, HIERARCHY_OWNER, r,
+                                         "remove the previous identity key");
+        log_notice("Removed the previous identity key at 0x%08x.", g->cfg->identity_handle);
+    }
+
+    memcpy(rec.identity_name, name.name, name.size);
+    rec.identity_name_size = (uint8_t)name.size;
+    rec.identity_handle = g->cfg->identity_handle;
+    r = nvstate_save(g->t, &g->state, &rec);
+    if (r < 0)
+        return hierarchy_log_failure(g->t, &g->auths, HIERARCHY_OWNER, r,
+                                     "record the new identity key");
+
+    r = tpm_persist_and_flush(g->t, g->hub_key, g->cfg->identity_handle);
+    g->hub_key = ESYS_TR_NONE;
+    if (r < 0)
+        return hierarchy_log_failure(g->t, &g->auths, HIERARCHY_OWNER, r,
+                                     "persist the identity key");
+
+    rec.state = RECORD_ASSIGNED;
+    rec.changed_at = (uint64_t)time(NULL);
+    rec.dps_error = 0;
+    snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
+    snprintf(rec.registration_id, sizeof(rec.registration_id), "%s", g->registration_id);
+    snprintf(rec.hub, sizeof(rec.hub), "%s", a->assigned_hub);
+    snprintf(rec.device_id, sizeof(rec.device_id), "%s", a->device_id);
+    r = nvstate_save(g->t, &g->state, &rec);
+    if (r < 0)
+        return hierarchy_log_failure(g->t, &g->auths, HIERARCHY_OWNER, r,
+                                     "record the assignment");
+
+    log_notice("Provisioned: hub %s, device %s (%s); identity key at 0x%08x.", rec.hub,
+               rec.device_id, a->substatus ? a->substatus : "assigned", rec.identity_handle);
+    return cmd_write_handoff(&rec);
+}
+
+/* failed and disabled are kept in the record, so status shows them; the identity key (if
+ * any) and the previous assignment's Name stay, so a later assignment can replace it. */
+static int record_refusal(struct registration *g, const struct dps_answer *a) {
+    struct record rec = g->state.record;
+    const char *what = a->status == DPS_STATUS_DISABLED ? "disabled" : "failed";
+
+    log_error("DPS %s the registration: errorCode %lld, %s. Not retrying soon.",
+              a->status == DPS_STATUS_DISABLED ? "reports the enrollment as disabled for"
+                                               : "failed",
+              (long long)a->error_code, a->error_message ? a->error_message : "(no message)");
+    if (rec.state != RECORD_ASSIGNED) {
+        rec.state = a->status == DPS_STATUS_DISABLED ? RECORD_DISABLED : RECORD_FAILED;
+        rec.dps_error = (int32_t)a->error_code;
+        rec.changed_at = (uint64_t)time(NULL);
+        snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
+        snprintf(rec.registration_id, sizeof(rec.registration_id), "%s", g->registration_id);
+        if (nvstate_save(g->t, &g->state, &rec) < 0)
+            log_warning("Could not record the %s state: %s", what, tpm_last_error(g->t));
+    }
+    return -ECONNREFUSED;
+}
+
+static int registration_run(struct registration *g) {
+    struct dps_answer op = {0};
+    bool unauthorized = false;
+    int r;
+
+    /* One more full exchange after a 401 to a signed request: that covers a token the server
+     * judged by another clock. A second 401 is a refusal, not a loop (field case B26). */
+    for (int round = 0; round < 2; round++) {
+        r = challenge(g);
+        if (r < 0)
+            goto out;
+        dps_answer_done(&op);
+        r = authenticated_put(g, &op, &unauthorized);
+        if (r < 0)
+            goto out;
+        if (!unauthorized) {
+            r = poll_operation(g, &op, &unauthorized);
+            if (r < 0)
+                goto out;
+        }
+        if (!unauthorized)
+            break;
+        log_warning("DPS refused the token signed in the TPM (HTTP 401); starting over with a "
+                    "new challenge once.");
+    }
+    if (unauthorized) {
+        r = log_error_errno(ECONNREFUSED, "DPS refused the token signed in the TPM twice; "
+                            "giving up. Check the system clock and the enrollment.");
+        goto out;
+    }
+
+    switch (op.status) {
+    case DPS_STATUS_ASSIGNED:
+        r = install_identity(g, &op);
+        break;
+    case DPS_STATUS_DISABLED:
+    case DPS_STATUS_FAILED:
+        r = record_refusal(g, &op);
+        break;
+    default:
+        r = log_error_errno(EREMOTEIO, "DPS ended the operation with status '%s'.",
+                            dps_status_to_string(op.status));
+    }
+out:
+    dps_answer_done(&op);
+    return r;
+}
+
+static int read_payload(const char *path, char **ret) {
+    _cleanup_free_ char *buf = NULL;
+    size_t n;
+    FILE *f;
+
+    if (!path)
+        return 0;
+    f = fopen(path, "re");
+    if (!f)
+        return log_error_errno(EINVAL, "Cannot read the payload file %s: %s", path,
+                               strerror(errno));
+    buf = malloc(PAYLOAD_MAX + 1);
+    n = buf ? fread(buf, 1, PAYLOAD_MAX + 1, f) : 0;
+    fclose(f);
+    if (!buf)
+        return -ENOMEM;
+    if (n > PAYLOAD_MAX)
+        return log_error_errno(EINVAL, "The payload file %s is larger than %d bytes.", path,
+                               PAYLOAD_MAX);
+    buf[n] = '\0';
+    *ret = TAKE_PTR(buf);
+    return 0;
+}
+
+static int base64_public(const TPM2B_PUBLIC *pub, char **ret, uint8_t *ret_bytes,
+                         size_t *ret_len) {
+    uint8_t bytes[EKPUB_MAX_SIZE];
+    size_t len;
+    char *out;
+
+    if (ekpub_marshal(pub, bytes, sizeof(bytes), &len) < 0)
+        return -EINVAL;
+    out = malloc(4 * ((len + 2) / 3) + 1);
+    if (!out)
+        return -ENOMEM;
+    EVP_EncodeBlock((unsigned char *)out, bytes, (int)len);
+    if (ret_bytes) {
+        memcpy(ret_bytes, bytes, len);
+        *ret_len = len;
+    }
+    *ret = out;
+    return 0;
+}
+
+/* Everything a registration needs before the first request: keys, IDs, URLs, checks that
+ * would otherwise fail only after DPS has done its part. */
+static int prepare(struct registration *g) {
+    _cleanup_free_ char *payload = NULL, *enc_id = NULL;
+    uint8_t ek_bytes[EKPUB_MAX_SIZE];
+    size_t ek_len = 0;
+    TPM2B_PUBLIC ek, srk;
+    bool created;
+    enum identity_slot slot;
+    int r;
+
+    r = read_payload(g->cfg->payload_file, &payload);
+    if (r < 0)
+        return r;
+
+    r = ek_ensure(g->t, &g->auths, g->cfg->ek_handle, &ek, &created);
+    if (r < 0)
+        return r;
+    r = srk_ensure(g->t, &g->auths, g->cfg->srk_handle, &srk, &created);
+    if (r < 0)
+        return r;
+    r = base64_public(&ek, &g->ek_base64, ek_bytes, &ek_len);
+    if (r < 0)
+        return r;
+    r = base64_public(&srk, &g->srk_base64, NULL, NULL);
+    if (r < 0)
+        return r;
+
+    if (g->cfg->registration_id)
+        snprintf(g->registration_id, sizeof(g->registration_id), "%s", g->cfg->registration_id);
+    else
+        ekpub_registration_id(ek_bytes, ek_len, g->registration_id);
+
+    /* The TPM must be able to finish what DPS starts: say now, not after DPS assigned us. */
+    r = hierarchy_require(g->t, &g->auths, HIERARCHY_ENDORSEMENT, "use the EK for DPS");
+    if (r < 0)
+        return r;
+    r = hierarchy_require(g->t, &g->auths, HIERARCHY_OWNER, "persist the DPS identity key");
+    if (r < 0)
+        return r;
+    r = identity_slot_check(g->t, g->cfg->identity_handle, g->state.record.identity_name,
+                            g->state.record.identity_name_size, &slot);
+    if (r < 0)
+        return log_error_errno(r, "Cannot read the identity handle 0x%08x: %s",
+                               g->cfg->identity_handle, tpm_last_error(g->t));
+    if (slot == IDENTITY_SLOT_FOREIGN)
+        return log_error_errno(EEXIST, "0x%08x holds a key tpm-provision did not create (Azure's "
+                               "own SDK uses that handle too); it is left alone. Set "
+                               "IdentityHandle= to a free handle.", g->cfg->identity_handle);
+
+    g->body = dps_register_body(g->registration_id, g->ek_base64, g->srk_base64, payload, &r);
+    if (!g->body)
+        return r == -EINVAL ? log_error_errno(EINVAL, "The payload file %s is not JSON.",
+                                              g->cfg->payload_file)
+                            : r;
+    enc_id = dps_url_encode(g->registration_id);
+    g->sr = dps_sas_resource(g->cfg->id_scope, g->registration_id);
+    if (!enc_id || !g->sr ||
+        asprintf(&g->register_url, "%s/%s/registrations/%s/register?api-version=%s",
+                 g->cfg->endpoint, g->cfg->id_scope, enc_id, g->cfg->api_version) < 0)
+        return -ENOMEM;
+
+    struct http_options ho = {
+        .ca_bundle = g->cfg->ca_bundle,
+        .proxy = g->cfg->proxy,
+        .no_proxy = g->cfg->no_proxy,
+        .timeout_sec = g->cfg->request_timeout_sec,
+        .clock_floor = g->o->clock_floor,
+    };
+    r = http_new(&ho, &g->http);
+    if (r < 0)
+        return r;
+    if (g->cfg->deadline_sec)
+        g->deadline_ms = now_ms() + (uint64_t)g->cfg->deadline_sec * 1000;
+    log_info("Registering %s with DPS scope %s at %s.", g->registration_id, g->cfg->id_scope,
+             g->cfg->endpoint);
+    return 0;
+}
+
+/* The boot fast path: assigned, same scope, our key in place: nothing to do. */
+static bool already_provisioned(struct registration *g) {
+    const struct record *rec = &g->state.record;
+    enum identity_slot slot;
+
+    if (g->o->force || g->state.status != 0 || rec->state != RECORD_ASSIGNED)
+        return false;
+    if (strcasecmp(rec->id_scope, g->cfg->id_scope) != 0) {
+        log_notice("The ID scope changed from %s to %s; registering again.", rec->id_scope,
+                   g->cfg->id_scope);
+        return false;
+    }
+    if (g->cfg->registration_id && strcmp(rec->registration_id, g->cfg->registration_id) != 0) {
+        log_notice("The registration ID changed; registering again.");
+        return false;
+    }
+    if (identity_slot_check(g->t, rec->identity_handle, rec->identity_name,
+                            rec->identity_name_size, &slot) < 0 ||
+        slot != IDENTITY_SLOT_OURS) {
+        log_warning("The identity key at 0x%08x is missing; registering again.",
+                    rec->identity_handle);
+        return false;
+    }
+    return true;
+}
+
+static void registration_done(struct registration *g) {
+    if (g->t) {
+        identity_flush(g->t, &g->challenge_key);
+        identity_flush(g->t, &g->hub_key);
+        nvstate_done(g->t, &g->state);
+    }
+    if (g->http)
+        log_debug("%u requests over %u TLS connection(s).", http_requests(g->http),
+                  http_connections(g->http));
+    http_free(g->http);
+    hierarchy_auths_wipe(&g->auths);
+    if (g->token)
+        secure_zero(g->token, strlen(g->token));
+    free(g->token);
+    free(g->ek_base64);
+    free(g->srk_base64);
+    free(g->body);
+    free(g->register_url);
+    free(g->sr);
+    free(g->operation_id);
+    tpm_close(g->t);
+}
+
+int cmd_register(const struct options *o) {
+    _cleanup_close_ int lock = -1;
+    struct registration g = {
+        .o = o, .cfg = &o->cfg, .challenge_key = ESYS_TR_NONE, .hub_key = ESYS_TR_NONE,
+        .state = {.tr = ESYS_TR_NONE},
+    };
+    int r;
+
+    r = config_check_for_registration(&o->cfg);
+    if (r < 0)
+        return r;
+    lock = cmd_lock(LOCK_TIMEOUT_SEC);
+    if (lock < 0)
+        return lock;
+    r = cmd_open_tpm(o, &g.t, &g.auths);
+    if (r < 0)
+        goto out;
+
+    r = nvstate_load(g.t, o->cfg.state_index, false, &g.state);
+    if (r == 0 && already_provisioned(&g)) {
+        log_info("Already provisioned: hub %s, device %s. No request sent.", g.state.record.hub,
+                 g.state.record.device_id);
+        r = cmd_write_handoff(&g.state.record);
+        goto out;
+    }
+    nvstate_done(g.t, &g.state);
+    r = cmd_ensure_state(g.t, &g.auths, o->cfg.state_index, &g.state);
+    if (r < 0)
+        goto out;
+
+    r = prepare(&g);
+    if (r < 0)
+        goto out;
+    r = registration_run(&g);
+    if (r == 0)
+        sd_notify(0, "READY=1\nSTATUS=Provisioned");
+out:
+    registration_done(&g);
+    return r;
+}

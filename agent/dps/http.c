@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: MIT */
+#include "http.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "basic/log.h"
+#include "basic/macro.h"
+
+#define HTTP_BODY_MAX (64 * 1024)
+#define HTTP_USER_AGENT "tpm-provision/" VERSION
+
+struct http {
+    CURL *curl;
+    struct http_options options;
+    unsigned connections, requests;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+struct collect {
+    struct http_response *response;
+    bool overflow;
+};
+
+static size_t on_body(char *data, size_t size, size_t n, void *userdata) {
+    struct collect *c = userdata;
+    struct http_response *r = c->response;
+    size_t len = size * n;
+
+    if (r->body_size + len > HTTP_BODY_MAX) {
+        c->overflow = true;
+        return 0; /* makes libcurl stop with CURLE_WRITE_ERROR */
+    }
+    char *p = realloc(r->body, r->body_size + len + 1);
+    if (!p)
+        return 0;
+    memcpy(p + r->body_size, data, len);
+    r->body = p;
+    r->body_size += len;
+    r->body[r->body_size] = '\0';
+    return len;
+}
+
+static void keep_header(char **slot, const char *value, size_t len) {
+    while (len > 0 && (value[len - 1] == '\r' || value[len - 1] == '\n' || value[len - 1] == ' '))
+        len--;
+    while (len > 0 && (*value == ' ' || *value == '\t')) {
+        value++;
+        len--;
+    }
+    free(*slot);
+    *slot = strndup(value, len);
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *userdata) {
+    struct collect *c = userdata;
+    size_t len = size * n;
+    static const struct { const char *name; size_t offset; } wanted[] = {
+        {"retry-after:", offsetof(struct http_response, retry_after)},
+        {"date:", offsetof(struct http_response, date)},
+        {"content-type:", offsetof(struct http_response, content_type)},
+    };
+
+    /* A new status line (after a proxy's CONNECT answer, or a 100) starts a new header set. */
+    if (len >= 5 && strncmp(data, "HTTP/", 5) == 0)
+        for (size_t i = 0; i < ARRAY_SIZE(wanted); i++) {
+            char **slot = (char **)((char *)c->response + wanted[i].offset);
+            free(*slot);
+            *slot = NULL;
+        }
+    for (size_t i = 0; i < ARRAY_SIZE(wanted); i++) {
+        size_t k = strlen(wanted[i].name);
+        if (len > k && strncasecmp(data, wanted[i].name, k) == 0)
+            keep_header((char **)((char *)c->response + wanted[i].offset), data + k, len - k);
+    }
+    return len;
+}
+
+/* A device that slept in a warehouse may boot with its clock years behind (field case B26):
+ * every certificate would look "not yet valid". Below the clock floor (the build time), the
+ * chain is checked at the floor instead, so expiry is still enforced. */
+static CURLcode on_ssl_ctx(CURL *curl, void *ssl_ctx, void *userdata) {
+    const struct http *h = userdata;
+    time_t now = time(NULL);
+    (void)curl;
+
+    if (h->options.clock_floor > 0 && now < h->options.clock_floor) {
+        X509_VERIFY_PARAM *param = SSL_CTX_get0_param(ssl_ctx);
+        X509_VERIFY_PARAM_set_time(param, h->options.clock_floor);
+        log_warning("The system clock is before this build's date; checking the server "
+                    "certificate at the build date instead.");
+    }
+    return CURLE_OK;
+}
+
+int http_new(const struct http_options *o, struct http **ret) {
+    struct http *h = calloc(1, sizeof(*h));
+
+    if (!h)
+        return -ENOMEM;
+    h->options = *o;
+    h->curl = curl_easy_init();
+    if (!h->curl) {
+        free(h);
+        return -ENOMEM;
+    }
+    *ret = h;
+    return 0;
+}
+
+void http_free(struct http *h) {
+    if (!h)
+        return;
+    curl_easy_cleanup(h->curl);
+    free(h);
+}
+
+static enum http_failure classify(CURLcode code, long verify_result, long connect_code) {
+    switch (code) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_SSL_CONNECT_ERROR:
+        return connect_code >= 300 ? HTTP_FAIL_PROXY : HTTP_FAIL_NETWORK;
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return HTTP_FAIL_PROXY;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+        if (verify_result == X509_V_ERR_CERT_NOT_YET_VALID ||
+            verify_result == X509_V_ERR_CERT_HAS_EXPIRED)
+            return HTTP_FAIL_CLOCK;
+        return HTTP_FAIL_TRUST;
+    case CURLE_WRITE_ERROR:
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        return HTTP_FAIL_ANSWER;
+    default:
+        return HTTP_FAIL_OTHER;
+    }
+}
+
+static int failure_errno(enum http_failure f) {
+    switch (f) {
+    case HTTP_FAIL_NETWORK: return -EHOSTUNREACH;
+    case HTTP_FAIL_TRUST: return -ENOKEY;
+    case HTTP_FAIL_CLOCK: return -ETIME;
+    case HTTP_FAIL_PROXY: return -ENETUNREACH;
+    case HTTP_FAIL_ANSWER: return -EBADMSG;
+    default: return -EIO;
+    }
+}
+
+int http_request(struct http *h, const char *method, const char *url, const char *authorization,
+                 const char *body, struct http_response *ret) {
+    struct curl_slist *headers = NULL;
+    struct collect collect = {.response = ret};
+    _cleanup_free_ char *auth = NULL;
+    long verify_result = 0, connect_code = 0, connects = 0;
+    CURL *c = h->curl;
+    CURLcode code;
+
+    *ret = (struct http_response){0};
+    headers = curl_slist_append(headers, "Accept: application/json");
+    if (body)
+        headers = curl_slist_append(headers, "Content-Type: application/json; charset=utf-8");
+    if (authorization) {
+        if (asprintf(&auth, "Authorization: %s", authorization) < 0) {
+            curl_slist_free_all(headers);
+            return -ENOMEM;
+        }
+        headers = curl_slist_append(headers, auth);
+    }
+
+    curl_easy_reset(c); /* keeps the connection cache: the TLS session stays open */
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, HTTP_USER_AGENT);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    else if (strcmp(method, "GET") == 0)
+        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, h);
+    if (h->options.ca_bundle)
+        curl_easy_setopt(c, CURLOPT_CAINFO, h->options.ca_bundle);
+    if (h->options.proxy)
+        curl_easy_setopt(c, CURLOPT_PROXY, h->options.proxy);
+    if (h->options.no_proxy)
+        curl_easy_setopt(c, CURLOPT_NOPROXY, h->options.no_proxy);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)h->options.timeout_sec);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT,
+                     (long)(h->options.timeout_sec < 15 ? h->options.timeout_sec : 15));
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &collect);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &collect);
+    h->errbuf[0] = '\0';
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
+
+    code = curl_easy_perform(c);
+    curl_slist_free_all(headers);
+    if (auth)
+        secure_zero(auth, strlen(auth));
+    h->requests++;
+    if (curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK && connects > 0)
+        h->connections += (unsigned)connects;
+
+    if (code == CURLE_OK && !collect.overflow) {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &ret->status);
+        if (!ret->body) {
+            ret->body = strdup("");
+            if (!ret->body)
+                return -ENOMEM;
+        }
+        return 0;
+    }
+
+    curl_easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &verify_result);
+    curl_easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE, &connect_code);
+    ret->failure = collect.overflow ? HTTP_FAIL_ANSWER : classify(code, verify_result, connect_code);
+    if (collect.overflow)
+        snprintf(ret->error, sizeof(ret->error), "answer larger than %d bytes", HTTP_BODY_MAX);
+    else if (ret->failure == HTTP_FAIL_PROXY && connect_code >= 300)
+        snprintf(ret->error, sizeof(ret->error), "the proxy answered CONNECT with HTTP %ld",
+                 connect_code);
+    else
+        snprintf(ret->error, sizeof(ret->error), "%s", h->errbuf[0] ? h->errbuf
+                                                                    : curl_easy_strerror(code));
+    return failure_errno(ret->failure);
+}
+
+void http_response_done(struct http_response *r) {
+    free(r->body);
+    free(r->retry_after);
+    free(r->date);
+    free(r->content_type);
+    *r = (struct http_response){0};
+}
+
+unsigned http_connections(const struct http *h) {
+    return h->connections;
+}
+
+unsigned http_requests(const struct http *h) {
+    return h->requests;
+}
+
+char *http_redact_url(const char *url) {
+    const char *scheme = strstr(url, "://");
+    const char *start = scheme ? scheme + 3 : url;
+    const char *at = strchr(start, '@');
+    const char *slash = strchr(start, '/');
+    char *out;
+
+    if (!at || (slash && slash < at))
+        return strdup(url);
+    if (asprintf(&out, "%.*s***@%s", (int)(start - url), url, at + 1) < 0)
+        return NULL;
+    return out;
+}
