@@ -335,8 +335,9 @@ int main(int argc, char *argv[]) {
 
     if (v.config)
         setenv("TPM_PROVISION_CONFIG", v.config, 1);
-    config_init(&o.cfg);
-    r = config_load(&o.cfg);
+    r = config_init(&o.cfg);
+    if (r >= 0)
+        r = config_load(&o.cfg);
     if (r >= 0)
         r = apply_overrides(&o.cfg, &v);
     if (r >= 0)

@@ -8,21 +8,31 @@
 #include "cmd/common.h"
 #include "state/nvstate.h"
 #include "tpm/keys.h"
+#include "tpm/tpm-rc.h"
 
-static json_object *key_json(struct tpm *t, TPM2_HANDLE handle) {
-    json_object *o = json_object_new_object();
+/* A key's entry; NULL with *error set when the TPM could not say (not "absent": a TPM in
+ * failure mode answers nothing, and status must not report that as "no keys"). */
+static json_object *key_json(struct tpm *t, TPM2_HANDLE handle, int *error) {
+    json_object *o;
     TPM2B_PUBLIC *pub = NULL;
     ESYS_TR tr;
     char kind[32];
+    int r;
 
+    r = tpm_persistent_get(t, handle, &tr, &pub);
+    if (r < 0 && r != -ENOENT) {
+        *error = log_error_errno(r, "Cannot read the key at 0x%08x: %s", handle,
+                                 tpm_last_error(t));
+        return NULL;
+    }
+    o = json_object_new_object();
     json_object_object_add(o, "handle", json_object_new_int64(handle));
-    if (tpm_persistent_get(t, handle, &tr, &pub) == 0) {
-        json_object_object_add(o, "present", json_object_new_boolean(1));
+    json_object_object_add(o, "present", json_object_new_boolean(r == 0));
+    if (r == 0) {
         json_object_object_add(o, "type", json_object_new_string(key_kind(pub, kind, sizeof(kind))));
         Esys_Free(pub);
         Esys_TR_Close(t->esys, &tr);
-    } else
-        json_object_object_add(o, "present", json_object_new_boolean(0));
+    }
     return o;
 }
 
@@ -127,8 +137,16 @@ int cmd_status(const struct options *o) {
              t->firmware2 >> 16, t->firmware2 & 0xffff);
     json_object_object_add(tpm, "firmware", json_object_new_string(fw));
     json_object_object_add(j, "tpm", tpm);
-    json_object_object_add(j, "ek", key_json(t, o->cfg.ek_handle));
-    json_object_object_add(j, "srk", key_json(t, o->cfg.srk_handle));
+    int error = 0;
+    json_object *ek = key_json(t, o->cfg.ek_handle, &error);
+    json_object *srk = error ? NULL : key_json(t, o->cfg.srk_handle, &error);
+    if (error) {
+        json_object_put(ek);
+        json_object_put(j);
+        return error;
+    }
+    json_object_object_add(j, "ek", ek);
+    json_object_object_add(j, "srk", srk);
 
     json_object *auth = json_object_new_object();
     json_object_object_add(auth, "owner", json_object_new_boolean(hierarchy_auth_is_set(t, HIERARCHY_OWNER)));

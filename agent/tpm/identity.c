@@ -134,11 +134,8 @@ out:
 }
 
 void identity_flush(struct tpm *t, ESYS_TR *key) {
-    if (*key == ESYS_TR_NONE)
-        return;
-    if (Esys_FlushContext(t->esys, *key) != TSS2_RC_SUCCESS)
-        log_warning("Could not flush a transient DPS key.");
-    *key = ESYS_TR_NONE;
+    if (tpm_flush(t, key) < 0)
+        log_warning("Could not flush a transient DPS key: %s", tpm_last_error(t));
 }
 
 int identity_hmac(struct tpm *t, ESYS_TR key, const void *data, size_t size,

@@ -145,6 +145,8 @@ int ek_cert_read(struct tpm *t, const struct hierarchy_auths *a, struct ek_cert 
     r = nv_read_all(t, EK_CERT_RSA_INDEX, ESYS_TR_NONE, &data, &len, &attrs);
     if (r == -ENOENT)
         return 0;
+    if (r < 0 && !tpm_rc_from_tpm(t->last_rc))
+        return r;
     ret->present = true;
 
     /* Not AUTHREAD, or the platform refused its own authorization: owner authorization, but
@@ -154,6 +156,8 @@ int ek_cert_read(struct tpm *t, const struct hierarchy_auths *a, struct ek_cert 
         log_debug("Reading the EK certificate with its own authorization failed (%s); trying "
                   "owner authorization.", tpm_last_error(t));
         r = nv_read_all(t, EK_CERT_RSA_INDEX, ESYS_TR_RH_OWNER, &data, &len, NULL);
+        if (r < 0 && !tpm_rc_from_tpm(t->last_rc))
+            return r;
     }
     if (r < 0) {
         snprintf(ret->why_unreadable, sizeof(ret->why_unreadable), "%s",
@@ -259,11 +263,6 @@ static int create_primary(struct tpm *t, ESYS_TR hierarchy, const TPM2B_PUBLIC *
     return 0;
 }
 
-static void flush(struct tpm *t, ESYS_TR *tr) {
-    if (*tr != ESYS_TR_NONE && Esys_FlushContext(t->esys, *tr) != TSS2_RC_SUCCESS)
-        log_warning("Could not flush a transient object.");
-    *tr = ESYS_TR_NONE;
-}
 
 static int ek_compute(struct tpm *t, const struct hierarchy_auths *a, ESYS_TR *ret_tr,
                       TPM2B_PUBLIC *ret_pub) {
@@ -306,7 +305,9 @@ int ek_read(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle,
     r = ek_compute(t, a, &tr, ret_pub);
     if (r < 0)
         return r;
-    flush(t, &tr);
+    r = tpm_flush(t, &tr);
+    if (r < 0)
+        return log_error_errno(r, "Cannot flush the computed EK: %s", tpm_last_error(t));
     *ret_persisted = false;
     return 0;
 }
@@ -345,9 +346,13 @@ int ek_ensure(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle
 
     /* An EK that does not match the TPM maker's certificate would be enrolled under an
      * identity nobody can verify; better to stop before persisting it. */
-    ek_cert_read(t, a, &cert);
+    r = ek_cert_read(t, a, &cert);
+    if (r < 0) {
+        tpm_flush(t, &tr);
+        return log_error_errno(r, "Cannot read the EK certificate: %s", tpm_last_error(t));
+    }
     if (cert.readable && ek_cert_matches(&cert, ret_pub) == 0) {
-        flush(t, &tr);
+        tpm_flush(t, &tr);
         return log_error_errno(EKEYREJECTED, "The EK created from the template does not match the EK "
                                "certificate in NV 0x%08x; not persisting it. The TPM maker may "
                                "have used another template.", EK_CERT_RSA_INDEX);

@@ -37,8 +37,9 @@ struct ek_cert {
 /*
  * Reads the RSA EK certificate (B21): with the index's own authorization when AUTHREAD is
  * set, otherwise with owner authorization when OWNERREAD is set and the value is known.
- * A missing index is not an error: present = false. Never fails for a certificate that cannot
- * be read or parsed: readable = false with the reason.
+ * A missing index is not an error: present = false. A certificate the TPM refuses to give or
+ * that does not parse is not an error either: readable = false with the reason. Fails only
+ * when the TPM itself stops answering.
  */
 int ek_cert_read(struct tpm *t, const struct hierarchy_auths *a, struct ek_cert *ret);
 void ek_cert_done(struct ek_cert *c);

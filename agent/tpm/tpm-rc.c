@@ -114,6 +114,11 @@ int tpm_rc_to_errno(TSS2_RC rc) {
     }
 }
 
+bool tpm_rc_from_tpm(TSS2_RC rc) {
+    TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
+    return layer == TSS2_TPM_RC_LAYER || layer == TSS2_RESMGR_TPM_RC_LAYER;
+}
+
 const char *tpm_rc_str(TSS2_RC rc) {
     return Tss2_RC_Decode(rc);
 }

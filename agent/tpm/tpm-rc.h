@@ -22,5 +22,9 @@ bool tpm_rc_is_transient(TSS2_RC rc);
  */
 int tpm_rc_to_errno(TSS2_RC rc);
 
+/* True when the code came from the TPM (or the resource manager relaying it), false when the
+ * TSS or the transport produced it: the TPM may be gone. */
+bool tpm_rc_from_tpm(TSS2_RC rc);
+
 /* Readable text for a response code (tpm2-tss's decoder); a static buffer. */
 const char *tpm_rc_str(TSS2_RC rc);

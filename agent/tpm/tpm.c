@@ -27,9 +27,42 @@ static void sleep_ms(unsigned ms) {
         ;
 }
 
-bool tpm_retry_transient(TSS2_RC rc, unsigned attempt, const char *what) {
+/* In failure mode a TPM still answers GetTestResult and GetCapability (TPM 2.0 Part 1,
+ * 12.4, "Failure Mode"); what GetTestResult says is what a vendor asks for. */
+static void report_unusable(struct tpm *t, TSS2_RC rc, const char *what) {
+    TPM2B_MAX_BUFFER *data = NULL;
+    TPM2_RC result = 0;
+    char hex[2 * 64 + 1] = "";
+
+    if (t->unusable_reported)
+        return;
+    t->unusable_reported = true;
+    if (tpm_rc_base(rc) == TPM2_RC_UPGRADE) {
+        log_error("The TPM is in field upgrade mode (%s answered 0x%x): an interrupted firmware "
+                  "update. Finish or roll back the update with the TPM maker's tool.", what, rc);
+        return;
+    }
+    if (Esys_GetTestResult(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &data, &result) ==
+        TSS2_RC_SUCCESS) {
+        for (size_t i = 0; i < data->size && i < 64; i++)
+            sprintf(hex + 2 * i, "%02x", data->buffer[i]);
+        log_error("The TPM is in failure mode (%s answered 0x%x). GetTestResult: 0x%x (%s), "
+                  "data %s. Only a TPM reset or the TPM maker's tool can recover it; "
+                  "tpm-provision changes nothing.", what, rc, result, tpm_rc_str(result),
+                  hex[0] ? hex : "(none)");
+        Esys_Free(data);
+    } else
+        log_error("The TPM is in failure mode (%s answered 0x%x); GetTestResult failed too.",
+                  what, rc);
+}
+
+bool tpm_check_answer(struct tpm *t, TSS2_RC rc, unsigned attempt, const char *what) {
     unsigned delay = TPM_TRANSIENT_FIRST_DELAY_MS, waited = 0;
 
+    if (tpm_rc_to_errno(rc) == ENOTRECOVERABLE) {
+        report_unusable(t, rc, what);
+        return false;
+    }
     if (!tpm_rc_is_transient(rc))
         return false;
 
@@ -270,10 +303,27 @@ int tpm_persist_and_flush(struct tpm *t, ESYS_TR transient, TPM2_HANDLE handle) 
     if (rc != TSS2_RC_SUCCESS)
         return -tpm_rc_to_errno(rc);
     Esys_TR_Close(t->esys, &persisted);
-    if (rc_flush != TSS2_RC_SUCCESS)
-        log_warning("Could not flush a transient object: 0x%x %s", rc_flush,
-                    tpm_rc_str(rc_flush));
+    if (rc_flush != TSS2_RC_SUCCESS) {
+        /* The key is persisted; only a TPM that went away mid-way gets here. */
+        t->last_what = "FlushContext";
+        t->last_rc = rc_flush;
+        return -tpm_rc_to_errno(rc_flush);
+    }
     return 0;
+}
+
+int tpm_flush(struct tpm *t, ESYS_TR *tr) {
+    TSS2_RC rc;
+
+    if (*tr == ESYS_TR_NONE)
+        return 0;
+    rc = Esys_FlushContext(t->esys, *tr);
+    *tr = ESYS_TR_NONE;
+    if (rc == TSS2_RC_SUCCESS || tpm_rc_to_errno(rc) == ENOENT)
+        return 0;
+    t->last_what = "FlushContext";
+    t->last_rc = rc;
+    return -tpm_rc_to_errno(rc);
 }
 
 int tpm_nv_get(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_tr, TPM2B_NV_PUBLIC **ret_public) {

@@ -29,6 +29,8 @@ struct tpm {
     uint32_t permanent;
     uint32_t lockout_counter, max_auth_fail, lockout_interval, lockout_recovery;
 
+    bool unusable_reported;
+
     /* The last command's answer, for the one log line that reports a failure. */
     const char *last_what;
     TSS2_RC last_rc;
@@ -45,11 +47,12 @@ void tpm_close(struct tpm *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct tpm *, tpm_close);
 
 /*
- * Repeats a transient answer (tpm_rc_is_transient) with exponential backoff for a bounded time.
- * Returns true when the caller should send the command again. `what` names the command in the
- * debug log.
+ * Looks at every answer: a transient one (tpm_rc_is_transient) is repeated with exponential
+ * backoff for a bounded time (returns true: send the command again); failure mode or an
+ * interrupted field upgrade is diagnosed once with TPM2_GetTestResult and logged (field case
+ * B18). `what` names the command in the logs.
  */
-bool tpm_retry_transient(TSS2_RC rc, unsigned attempt, const char *what);
+bool tpm_check_answer(struct tpm *t, TSS2_RC rc, unsigned attempt, const char *what);
 
 #define TPM_CALL(t, rc, what, call)                                                                \
     do {                                                                                           \
@@ -57,7 +60,7 @@ bool tpm_retry_transient(TSS2_RC rc, unsigned attempt, const char *what);
             (rc) = (call);                                                                         \
             (t)->last_what = (what);                                                               \
             (t)->last_rc = (rc);                                                                   \
-            if (!tpm_retry_transient((rc), _attempt, (what)))                                      \
+            if (!tpm_check_answer((t), (rc), _attempt, (what)))                                    \
                 break;                                                                             \
         }                                                                                          \
     } while (0)
@@ -75,6 +78,10 @@ int tpm_properties_load(struct tpm *t);
  */
 int tpm_persistent_get(struct tpm *t, TPM2_HANDLE handle, ESYS_TR *ret_tr,
                        TPM2B_PUBLIC **ret_public);
+
+/* Flushes a transient object or session. A TPM that is gone is an error; a handle the TPM no
+ * longer knows is not. Sets *tr to ESYS_TR_NONE. */
+int tpm_flush(struct tpm *t, ESYS_TR *tr);
 
 /* Persists a transient object at handle under owner authorization, then flushes it. */
 int tpm_persist_and_flush(struct tpm *t, ESYS_TR transient, TPM2_HANDLE handle);

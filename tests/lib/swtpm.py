@@ -6,6 +6,7 @@ touch the default TCP ports another swtpm on the host may hold.
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -55,11 +56,24 @@ class Swtpm:
              "--ctrl", "type=unixio,path=" + self.sock + ".ctrl",
              "--flags", "not-need-init,startup-clear",
              "--log", "file=" + self.log, "--pid", "file=" + self.pidfile])
+        # swtpm creates the socket file before it listens: wait until a connection is taken.
         deadline = time.monotonic() + 10
-        while not os.path.exists(self.sock):
+        while not self._accepts():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("swtpm did not start; see " + self.log)
             time.sleep(0.01)
+
+    def _accepts(self):
+        if not os.path.exists(self.sock):
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.sock)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def stop(self, clean=True):
         """Stop the TPM. clean=False is a power cut: SIGKILL, no TPM2_Shutdown."""
