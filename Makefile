@@ -55,9 +55,11 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
+# A test may need extra link flags (say, -Wl,--wrap=sd_journal_sendv): tests/unit/NAME.ldflags.
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests/unit $(ALL_LDFLAGS) -o $@ $< $(LIB_OBJS) $(PKG_LIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) -Itests/unit $(ALL_LDFLAGS) $(shell cat tests/unit/$*.ldflags 2>/dev/null) \
+		-o $@ $< $(LIB_OBJS) $(PKG_LIBS) -lcmocka
 
 -include $(AGENT_OBJS:.o=.d)
 

@@ -465,6 +465,16 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
 
     log_notice("Provisioned: hub %s, device %s (%s); identity key at 0x%08x.", rec.hub,
                rec.device_id, a->substatus ? a->substatus : "assigned", rec.identity_handle);
+    {
+        char hub[160], device[160], regid[160], message[512];
+        snprintf(hub, sizeof(hub), "TPM_PROVISION_HUB=%s", rec.hub);
+        snprintf(device, sizeof(device), "TPM_PROVISION_DEVICE_ID=%s", rec.device_id);
+        snprintf(regid, sizeof(regid), "TPM_PROVISION_REGISTRATION_ID=%s", rec.registration_id);
+        snprintf(message, sizeof(message), "Provisioned: hub %s, device %s.", rec.hub,
+                 rec.device_id);
+        log_event(LOG_EVENT_PROVISIONED, LOG_NOTICE, message,
+                  (const char *const[]){hub, device, regid, NULL});
+    }
     return cmd_write_handoff(&rec);
 }
 
@@ -474,10 +484,15 @@ static int record_refusal(struct registration *g, const struct dps_answer *a) {
     struct record rec = g->state.record;
     const char *what = a->status == DPS_STATUS_DISABLED ? "disabled" : "failed";
 
-    log_error("DPS %s the registration: errorCode %lld, %s. Not retrying soon.",
-              a->status == DPS_STATUS_DISABLED ? "reports the enrollment as disabled for"
-                                               : "failed",
-              (long long)a->error_code, a->error_message ? a->error_message : "(no message)");
+    char message[1200], code[64];
+
+    snprintf(message, sizeof(message), "DPS %s the registration: errorCode %lld, %s. Not "
+             "retrying soon.", a->status == DPS_STATUS_DISABLED
+             ? "reports the enrollment as disabled for" : "failed",
+             (long long)a->error_code, a->error_message ? a->error_message : "(no message)");
+    log_error("%s", message);
+    snprintf(code, sizeof(code), "TPM_PROVISION_DPS_ERROR=%lld", (long long)a->error_code);
+    log_event(LOG_EVENT_DPS_REFUSED, LOG_ERR, message, (const char *const[]){code, NULL});
     if (rec.state != RECORD_ASSIGNED) {
         rec.state = a->status == DPS_STATUS_DISABLED ? RECORD_DISABLED : RECORD_FAILED;
         rec.dps_error = (int32_t)a->error_code;

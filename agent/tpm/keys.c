@@ -363,6 +363,7 @@ int ek_ensure(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle
         return hierarchy_log_failure(t, a, HIERARCHY_OWNER, r, "persist the EK");
     log_notice("Persisted the EK at 0x%08x%s.", handle,
                cert.readable ? " (matches the EK certificate)" : "");
+    log_event(LOG_EVENT_EK_PERSISTED, LOG_NOTICE, "Persisted the EK.", NULL);
     *ret_created = true;
     return 0;
 }

@@ -37,6 +37,8 @@ static void report_unusable(struct tpm *t, TSS2_RC rc, const char *what) {
     if (t->unusable_reported)
         return;
     t->unusable_reported = true;
+    log_event(LOG_EVENT_TPM_UNUSABLE, LOG_ERR, "The TPM is unusable (failure mode or field "
+              "upgrade).", NULL);
     if (tpm_rc_base(rc) == TPM2_RC_UPGRADE) {
         log_error("The TPM is in field upgrade mode (%s answered 0x%x): an interrupted firmware "
                   "update. Finish or roll back the update with the TPM maker's tool.", what, rc);
