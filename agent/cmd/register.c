@@ -288,9 +288,14 @@ static int challenge(struct registration *g) {
     return sign_token(g);
 }
 
-/* Step 3: the authenticated PUT. Returns the operation in *ret (or the final answer). */
-static int authenticated_put(struct registration *g, struct dps_answer *ret, bool *ret_unauthorized) {
-    struct http_response resp;
+/*
+ * Sends a request signed with the challenge key, re-signing when the token is about to expire,
+ * until an answer arrives that is not a "later". *ret_unauthorized when DPS answered 401; a
+ * negative errno for any other answer but 200 and 202, logged as `what`.
+ */
+static int signed_request(struct registration *g, const char *what, const char *method,
+                          const char *url, const char *body, struct http_response *resp,
+                          bool *ret_unauthorized) {
     int r;
 
     *ret_unauthorized = false;
@@ -300,23 +305,34 @@ static int authenticated_put(struct registration *g, struct dps_answer *ret, boo
             if (r < 0)
                 return r;
         }
-        r = exchange(g, "PUT register (signed)", "PUT", g->register_url, g->token, g->body, &resp);
+        r = exchange(g, what, method, url, g->token, body, resp);
         if (r < 0)
             return r;
         if (r == DONE)
             break;
     }
-
-    if (resp.status == 401) {
+    if (resp->status == 401) {
         *ret_unauthorized = true;
-        http_response_done(&resp);
+        http_response_done(resp);
         return 0;
     }
-    if (resp.status != 200 && resp.status != 202) {
-        r = classify_refusal(&resp, "Signed registration");
-        http_response_done(&resp);
+    if (resp->status != 200 && resp->status != 202) {
+        r = classify_refusal(resp, what);
+        http_response_done(resp);
         return r;
     }
+    return 0;
+}
+
+/* Step 3: the authenticated PUT. Returns the operation in *ret (or the final answer). */
+static int authenticated_put(struct registration *g, struct dps_answer *ret, bool *ret_unauthorized) {
+    struct http_response resp;
+    int r;
+
+    r = signed_request(g, "PUT register (signed)", "PUT", g->register_url, g->body, &resp,
+                       ret_unauthorized);
+    if (r < 0 || *ret_unauthorized)
+        return r;
     r = dps_answer_parse(resp.body, ret);
     http_response_done(&resp);
     if (r < 0 || (!ret->operation_id && ret->status != DPS_STATUS_ASSIGNED))
@@ -350,28 +366,9 @@ static int poll_operation(struct registration *g, struct dps_answer *op, bool *r
         }
 
         sd_notify(0, "STATUS=Waiting for DPS to assign a hub");
-        for (;;) {
-            if (g->token_expiry < (uint64_t)server_now(g) + 60) {
-                r = sign_token(g);
-                if (r < 0)
-                    return r;
-            }
-            r = exchange(g, "GET operation", "GET", url, g->token, NULL, &resp);
-            if (r < 0)
-                return r;
-            if (r == DONE)
-                break;
-        }
-        if (resp.status == 401) {
-            *ret_unauthorized = true;
-            http_response_done(&resp);
-            return 0;
-        }
-        if (resp.status != 200 && resp.status != 202) {
-            r = classify_refusal(&resp, "Operation status");
-            http_response_done(&resp);
+        r = signed_request(g, "GET operation", "GET", url, NULL, &resp, ret_unauthorized);
+        if (r < 0 || *ret_unauthorized)
             return r;
-        }
         r = dps_answer_parse(resp.body, &next);
         if (r < 0) {
             http_response_done(&resp);

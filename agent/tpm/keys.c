@@ -67,6 +67,21 @@ const char *key_kind(const TPM2B_PUBLIC *pub, char *buf, size_t size) {
     return buf;
 }
 
+/* The public area of the object persisted at handle, copied to *ret; -ENOENT when none. */
+static int persistent_public(struct tpm *t, TPM2_HANDLE handle, TPM2B_PUBLIC *ret) {
+    TPM2B_PUBLIC *pub = NULL;
+    ESYS_TR tr = ESYS_TR_NONE;
+    int r;
+
+    r = tpm_persistent_get(t, handle, &tr, &pub);
+    if (r < 0)
+        return r;
+    *ret = *pub;
+    Esys_Free(pub);
+    Esys_TR_Close(t->esys, &tr);
+    return 0;
+}
+
 static bool is_storage_key(const TPM2B_PUBLIC *pub) {
     TPMA_OBJECT a = pub->publicArea.objectAttributes;
 
@@ -287,15 +302,11 @@ static int ek_compute(struct tpm *t, const struct hierarchy_auths *a, ESYS_TR *r
 
 int ek_read(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle,
             TPM2B_PUBLIC *ret_pub, bool *ret_persisted) {
-    TPM2B_PUBLIC *pub = NULL;
     ESYS_TR tr = ESYS_TR_NONE;
     int r;
 
-    r = tpm_persistent_get(t, handle, &tr, &pub);
+    r = persistent_public(t, handle, ret_pub);
     if (r == 0) {
-        *ret_pub = *pub;
-        Esys_Free(pub);
-        Esys_TR_Close(t->esys, &tr);
         *ret_persisted = true;
         return 0;
     }
@@ -315,17 +326,13 @@ int ek_read(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle,
 int ek_ensure(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle,
               TPM2B_PUBLIC *ret_pub, bool *ret_created) {
     _cleanup_(ek_cert_done) struct ek_cert cert = {0};
-    TPM2B_PUBLIC *pub = NULL;
     ESYS_TR tr = ESYS_TR_NONE;
     char kind[32];
     int r;
 
-    r = tpm_persistent_get(t, handle, &tr, &pub);
+    r = persistent_public(t, handle, ret_pub);
     if (r == 0) {
         /* Someone's EK, maybe the TPM maker's: used as it is, never replaced. */
-        *ret_pub = *pub;
-        Esys_Free(pub);
-        Esys_TR_Close(t->esys, &tr);
         if (!is_storage_key(ret_pub))
             return log_error_errno(EINVAL, "The object at 0x%08x (%s) is not a restricted "
                                    "decryption key, so it cannot be an EK. Set --ek-handle to "
@@ -370,16 +377,13 @@ int ek_ensure(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle
 
 int srk_ensure(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle,
                TPM2B_PUBLIC *ret_pub, bool *ret_created) {
-    TPM2B_PUBLIC *pub = NULL, tmpl;
+    TPM2B_PUBLIC tmpl;
     ESYS_TR tr = ESYS_TR_NONE;
     char kind[32];
     int r;
 
-    r = tpm_persistent_get(t, handle, &tr, &pub);
+    r = persistent_public(t, handle, ret_pub);
     if (r == 0) {
-        *ret_pub = *pub;
-        Esys_Free(pub);
-        Esys_TR_Close(t->esys, &tr);
         if (!is_storage_key(ret_pub) || ret_pub->publicArea.type != TPM2_ALG_RSA ||
             ret_pub->publicArea.parameters.rsaDetail.keyBits != 2048)
             return log_error_errno(EINVAL, "The object at 0x%08x is a %s key%s, not an RSA-2048 "
