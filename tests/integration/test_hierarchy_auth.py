@@ -4,6 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+from agent import Agent  # noqa: E402
 from tpmcheck import EK, SRK, STATE_INDEX, assert_no_leftovers, variable_property  # noqa: E402
 
 OWNER_X = "owner-secret-Xq7"
@@ -178,3 +179,20 @@ def test_owner_and_endorsement_stay_empty_by_default(tpm, agent_for):
     agent.run("own", check=0)
     assert agent.json("status")["authorization"] == {
         "owner": False, "endorsement": False, "lockout": False}
+
+
+def test_lockout_answer_is_a_clear_error_without_retry(tpm_no_ek, agent_for, tmp_path):
+    """A TPM in dictionary-attack lockout (0x921) refusing a command: one error naming the
+    lockout and the decoded code, exit 4, the command not repeated."""
+    from tpmproxy import CC, TpmProxy
+    tpm = tpm_no_ek
+    with TpmProxy(tpm, str(tmp_path / "proxy.sock")) as proxy:
+        agent = Agent(proxy.tcti, str(tmp_path))
+        proxy.inject(0x921, CC["EvictControl"], nth=1)
+
+        res = agent.run("own", check=4)
+
+        assert "dictionary-attack lockout" in res.stderr and "0x921" in res.stderr
+        assert "persist the EK" in res.stderr
+        assert proxy.count(CC["EvictControl"]) == 1
+    assert_no_leftovers(tpm)
