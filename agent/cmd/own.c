@@ -44,7 +44,7 @@ static int apply_lockout_policy(struct tpm *t, const struct hierarchy_auths *a) 
                                       ESYS_TR_NONE, &auth));
     secure_zero(&auth, sizeof(auth));
     if (rc != TSS2_RC_SUCCESS)
-        return hierarchy_log_failure(t, a, HIERARCHY_LOCKOUT, -tpm_rc_to_errno(rc),
+        return hierarchy_log_failure(t, a, HIERARCHY_LOCKOUT, -tpm_errno(t, rc),
                                      "set the lockout authorization");
     log_notice("Set the lockout authorization from %s.", v->source);
     return 0;

@@ -60,6 +60,8 @@ struct registration {
     uint64_t deadline_ms; /* monotonic; 0 = none */
     unsigned attempt;     /* consecutive "later" answers, for the backoff */
 
+    uint64_t first_poll_ms; /* retry-after of the 202 that started the operation */
+
     ESYS_TR challenge_key, hub_key;
     char *token;
     uint64_t token_expiry;
@@ -139,6 +141,13 @@ static int exchange(struct registration *g, const char *what, const char *method
     char why[640];
     int r;
 
+    if (g->deadline_ms) {
+        uint64_t now = now_ms();
+        if (now >= g->deadline_ms)
+            return log_error_errno(ETIMEDOUT, "%s: the registration deadline (TimeoutSec=%u) "
+                                   "has passed. Giving up for now.", what, g->cfg->deadline_sec);
+        http_set_time_left(g->http, (uint32_t)((g->deadline_ms - now + 999) / 1000));
+    }
     r = http_request(g->http, method, url, auth, body, resp);
     if (r < 0) {
         switch (resp->failure) {
@@ -288,6 +297,26 @@ static int challenge(struct registration *g) {
     return sign_token(g);
 }
 
+/* How long to wait before asking about the operation: the answer's retry-after (protocol
+ * document 1.8), else POLL_DEFAULT_SEC. */
+static uint64_t poll_delay_ms(const struct registration *g, const struct http_response *resp) {
+    int64_t after = resp->retry_after ? dps_retry_after_parse(resp->retry_after, server_now(g), 1,
+                                                              RETRY_AFTER_MAX_SEC)
+                                      : -1;
+    return (uint64_t)(after >= 0 ? after : POLL_DEFAULT_SEC) * 1000;
+}
+
+/* Sleeps before the next poll, unless that would pass the deadline. */
+static int wait_for_poll(struct registration *g, uint64_t ms) {
+    if (g->deadline_ms && now_ms() + ms > g->deadline_ms)
+        return log_error_errno(ETIMEDOUT, "DPS is still assigning and the registration deadline "
+                               "(TimeoutSec=%u) is near; giving up for now.",
+                               g->cfg->deadline_sec);
+    log_debug("DPS is assigning; asking again in %llu ms.", (unsigned long long)ms);
+    sleep_ms(ms);
+    return 0;
+}
+
 /*
  * Sends a request signed with the challenge key, re-signing when the token is about to expire,
  * until an answer arrives that is not a "later". *ret_unauthorized when DPS answered 401; a
@@ -333,6 +362,7 @@ static int authenticated_put(struct registration *g, struct dps_answer *ret, boo
                        ret_unauthorized);
     if (r < 0 || *ret_unauthorized)
         return r;
+    g->first_poll_ms = poll_delay_ms(g, &resp);
     r = dps_answer_parse(resp.body, ret);
     http_response_done(&resp);
     if (r < 0 || (!ret->operation_id && ret->status != DPS_STATUS_ASSIGNED))
@@ -357,6 +387,10 @@ static int poll_operation(struct registration *g, struct dps_answer *op, bool *r
         if (!op->operation_id)
             return log_error_errno(EREMOTEIO, "DPS gave no operationId to poll.");
         if (!url) {
+            /* The 202 that started the operation said when to ask first. */
+            r = wait_for_poll(g, g->first_poll_ms);
+            if (r < 0)
+                return r;
             op_id = strdup(op->operation_id);
             enc = dps_url_encode(op_id);
             if (!enc || asprintf(&url, "%s/%s/registrations/%s/operations/%s?api-version=%s",
@@ -384,16 +418,11 @@ static int poll_operation(struct registration *g, struct dps_answer *op, bool *r
         *op = next;
 
         if (op->status == DPS_STATUS_ASSIGNING || op->status == DPS_STATUS_UNASSIGNED) {
-            int64_t after = resp.retry_after ? dps_retry_after_parse(resp.retry_after,
-                                               server_now(g), 1, RETRY_AFTER_MAX_SEC) : -1;
-            uint64_t ms = (uint64_t)(after >= 0 ? after : POLL_DEFAULT_SEC) * 1000;
+            uint64_t ms = poll_delay_ms(g, &resp);
             http_response_done(&resp);
-            if (g->deadline_ms && now_ms() + ms > g->deadline_ms)
-                return log_error_errno(ETIMEDOUT, "DPS is still assigning and the "
-                                       "registration deadline (TimeoutSec=%u) is near; giving "
-                                       "up for now.", g->cfg->deadline_sec);
-            log_debug("DPS is assigning; asking again in %llu ms.", (unsigned long long)ms);
-            sleep_ms(ms);
+            r = wait_for_poll(g, ms);
+            if (r < 0)
+                return r;
             continue;
         }
         http_response_done(&resp);
@@ -449,7 +478,7 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
                                      "persist the identity key");
 
     rec.state = RECORD_ASSIGNED;
-    rec.changed_at = (uint64_t)time(NULL);
+    rec.changed_at = (uint64_t)server_now(g); /* the device's clock may be years off */
     rec.dps_error = 0;
     snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
     snprintf(rec.registration_id, sizeof(rec.registration_id), "%s", g->registration_id);
@@ -493,7 +522,7 @@ static int record_refusal(struct registration *g, const struct dps_answer *a) {
     if (rec.state != RECORD_ASSIGNED) {
         rec.state = a->status == DPS_STATUS_DISABLED ? RECORD_DISABLED : RECORD_FAILED;
         rec.dps_error = (int32_t)a->error_code;
-        rec.changed_at = (uint64_t)time(NULL);
+        rec.changed_at = (uint64_t)server_now(g);
         snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
         snprintf(rec.registration_id, sizeof(rec.registration_id), "%s", g->registration_id);
         if (nvstate_save(g->t, &g->state, &rec) < 0)

@@ -19,6 +19,7 @@
 struct http {
     CURL *curl;
     struct http_options options;
+    uint32_t time_left;
     unsigned connections, requests;
     char errbuf[CURL_ERROR_SIZE];
 };
@@ -204,9 +205,11 @@ int http_request(struct http *h, const char *method, const char *url, const char
         curl_easy_setopt(c, CURLOPT_PROXY, h->options.proxy);
     if (h->options.no_proxy)
         curl_easy_setopt(c, CURLOPT_NOPROXY, h->options.no_proxy);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)h->options.timeout_sec);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT,
-                     (long)(h->options.timeout_sec < 15 ? h->options.timeout_sec : 15));
+    uint32_t timeout = h->options.timeout_sec;
+    if (h->time_left && h->time_left < timeout)
+        timeout = h->time_left;
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)timeout);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)(timeout < 15 ? timeout : 15));
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
@@ -254,6 +257,10 @@ void http_response_done(struct http_response *r) {
     free(r->date);
     free(r->content_type);
     *r = (struct http_response){0};
+}
+
+void http_set_time_left(struct http *h, uint32_t sec) {
+    h->time_left = sec;
 }
 
 unsigned http_connections(const struct http *h) {

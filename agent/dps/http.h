@@ -56,6 +56,9 @@ int http_request(struct http *h, const char *method, const char *url, const char
 
 void http_response_done(struct http_response *r);
 
+/* Caps the next requests' time at sec (the time left before an overall deadline); 0 lifts it. */
+void http_set_time_left(struct http *h, uint32_t sec);
+
 /* TLS connections opened so far: 1 for a whole registration on a healthy network. */
 unsigned http_connections(const struct http *h);
 /* Requests sent so far. */

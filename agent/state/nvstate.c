@@ -69,7 +69,7 @@ int nvstate_define(struct tpm *t, struct nvstate *s) {
              Esys_NV_DefineSpace(t->esys, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
                                  ESYS_TR_NONE, &empty, &pub, &s->tr));
     if (rc != TSS2_RC_SUCCESS)
-        return -tpm_rc_to_errno(rc);
+        return -tpm_errno(t, rc);
 
     s->defined = true;
     s->status = -ENODATA;

@@ -32,14 +32,14 @@ static int ek_policy_session(struct tpm *t, const struct hierarchy_auths *a, ESY
                                    ESYS_TR_NONE, NULL, TPM2_SE_POLICY, &sym, TPM2_ALG_SHA256,
                                    &session));
     if (rc != TSS2_RC_SUCCESS)
-        return log_error_errno(tpm_rc_to_errno(rc), "Cannot start the EK policy session: %s",
+        return log_error_errno(tpm_errno(t, rc), "Cannot start the EK policy session: %s",
                                tpm_last_error(t));
 
     TPM_CALL(t, rc, "PolicySecret",
              Esys_PolicySecret(t->esys, ESYS_TR_RH_ENDORSEMENT, session, ESYS_TR_PASSWORD,
                                ESYS_TR_NONE, ESYS_TR_NONE, NULL, NULL, NULL, 0, NULL, NULL));
     if (rc != TSS2_RC_SUCCESS) {
-        r = -tpm_rc_to_errno(rc);
+        r = -tpm_errno(t, rc);
         Esys_FlushContext(t->esys, session);
         /* B02: an endorsement authorization is needed to use the EK at all. */
         return hierarchy_log_failure(t, a, HIERARCHY_ENDORSEMENT, r,
@@ -81,7 +81,7 @@ int identity_import(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE 
                                      &blob->credential, &blob->secret, &inner));
     if (rc != TSS2_RC_SUCCESS) {
         Esys_FlushContext(t->esys, session);
-        r = log_error_errno(tpm_rc_to_errno(rc),
+        r = log_error_errno(tpm_errno(t, rc),
                             "The TPM refused the DPS credential (ActivateCredential): %s. The "
                             "key was not made for this TPM's EK and SRK, or it was damaged.",
                             tpm_last_error(t));
@@ -97,7 +97,7 @@ int identity_import(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE 
                          &aes128cfb, &private));
     secure_zero(&encryption_key, sizeof(encryption_key));
     if (rc != TSS2_RC_SUCCESS) {
-        r = log_error_errno(tpm_rc_to_errno(rc), "The TPM refused to import the DPS key: %s",
+        r = log_error_errno(tpm_errno(t, rc), "The TPM refused to import the DPS key: %s",
                             tpm_last_error(t));
         goto out;
     }
@@ -106,7 +106,7 @@ int identity_import(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE 
              Esys_Load(t->esys, srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, private,
                        &blob->public, &key));
     if (rc != TSS2_RC_SUCCESS) {
-        r = log_error_errno(tpm_rc_to_errno(rc), "Cannot load the imported DPS key: %s",
+        r = log_error_errno(tpm_errno(t, rc), "Cannot load the imported DPS key: %s",
                             tpm_last_error(t));
         goto out;
     }
@@ -114,7 +114,7 @@ int identity_import(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE 
     rc = Esys_TR_GetName(t->esys, key, &name);
     if (rc != TSS2_RC_SUCCESS) {
         identity_flush(t, &key);
-        r = log_error_errno(tpm_rc_to_errno(rc), "Cannot compute the DPS key's Name.");
+        r = log_error_errno(tpm_errno(t, rc), "Cannot compute the DPS key's Name.");
         goto out;
     }
     *ret_name = *name;
@@ -154,7 +154,7 @@ int identity_hmac(struct tpm *t, ESYS_TR key, const void *data, size_t size,
              Esys_HMAC(t->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer,
                        TPM2_ALG_SHA256, &mac));
     if (rc != TSS2_RC_SUCCESS)
-        return -tpm_rc_to_errno(rc);
+        return -tpm_errno(t, rc);
     if (mac->size != 32) {
         Esys_Free(mac);
         return -EBADMSG;
@@ -204,7 +204,7 @@ int identity_evict(struct tpm *t, TPM2_HANDLE handle) {
                                ESYS_TR_NONE, handle, &out));
     if (rc != TSS2_RC_SUCCESS) {
         Esys_TR_Close(t->esys, &tr);
-        return -tpm_rc_to_errno(rc);
+        return -tpm_errno(t, rc);
     }
     return 0;
 }

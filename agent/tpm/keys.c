@@ -272,7 +272,7 @@ static int create_primary(struct tpm *t, ESYS_TR hierarchy, const TPM2B_PUBLIC *
              Esys_CreatePrimary(t->esys, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                 &sensitive, tmpl, &outside, &pcrs, ret_tr, &pub, NULL, NULL, NULL));
     if (rc != TSS2_RC_SUCCESS)
-        return -tpm_rc_to_errno(rc);
+        return -tpm_errno(t, rc);
     *ret_pub = *pub;
     Esys_Free(pub);
     return 0;

@@ -32,20 +32,31 @@ static void sleep_ms(unsigned ms) {
 static void report_unusable(struct tpm *t, TSS2_RC rc, const char *what) {
     TPM2B_MAX_BUFFER *data = NULL;
     TPM2_RC result = 0;
+    TSS2_RC rc2;
     char hex[2 * 64 + 1] = "";
 
     if (t->unusable_reported)
         return;
-    t->unusable_reported = true;
-    log_event(LOG_EVENT_TPM_UNUSABLE, LOG_ERR, "The TPM is unusable (failure mode or field "
-              "upgrade).", NULL);
     if (tpm_rc_base(rc) == TPM2_RC_UPGRADE) {
+        t->unusable_reported = true;
+        log_event(LOG_EVENT_TPM_UNUSABLE, LOG_ERR, "The TPM is in field upgrade mode.", NULL);
         log_error("The TPM is in field upgrade mode (%s answered 0x%x): an interrupted firmware "
                   "update. Finish or roll back the update with the TPM maker's tool.", what, rc);
         return;
     }
-    if (Esys_GetTestResult(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &data, &result) ==
-        TSS2_RC_SUCCESS) {
+
+    rc2 = Esys_GetTestResult(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &data, &result);
+    if (rc2 == TSS2_RC_SUCCESS && result == TPM2_RC_SUCCESS) {
+        /* The TPM is fine: this was its way of refusing the one command. */
+        Esys_Free(data);
+        t->failure_contradicted = true;
+        log_debug("%s answered 0x%x, but the TPM's self-test result is success: not failure "
+                  "mode.", what, rc);
+        return;
+    }
+    t->unusable_reported = true;
+    log_event(LOG_EVENT_TPM_UNUSABLE, LOG_ERR, "The TPM is in failure mode.", NULL);
+    if (rc2 == TSS2_RC_SUCCESS) {
         for (size_t i = 0; i < data->size && i < 64; i++)
             sprintf(hex + 2 * i, "%02x", data->buffer[i]);
         log_error("The TPM is in failure mode (%s answered 0x%x). GetTestResult: 0x%x (%s), "
@@ -56,6 +67,14 @@ static void report_unusable(struct tpm *t, TSS2_RC rc, const char *what) {
     } else
         log_error("The TPM is in failure mode (%s answered 0x%x); GetTestResult failed too.",
                   what, rc);
+}
+
+int tpm_errno(const struct tpm *t, TSS2_RC rc) {
+    int e = tpm_rc_to_errno(rc);
+
+    if (e == ENOTRECOVERABLE && tpm_rc_base(rc) == TPM2_RC_FAILURE && t->failure_contradicted)
+        return EPROTO;
+    return e;
 }
 
 bool tpm_check_answer(struct tpm *t, TSS2_RC rc, unsigned attempt, const char *what) {
@@ -161,7 +180,7 @@ int tpm_open(const char *tcti_conf, struct tpm **ret) {
     rc = Esys_Initialize(&t->esys, t->tcti, NULL);
     if (rc != TSS2_RC_SUCCESS) {
         t->esys = NULL;
-        return log_error_errno(tpm_rc_to_errno(rc), "Cannot initialise ESAPI on '%s': %s",
+        return log_error_errno(tpm_errno(t, rc), "Cannot initialise ESAPI on '%s': %s",
                                tcti_conf, tpm_rc_str(rc));
     }
 
@@ -211,7 +230,7 @@ static int get_properties(struct tpm *t, TPM2_PT first, uint32_t count,
         if (r <= 0)
             break;
     }
-    return log_error_errno(tpm_rc_to_errno(rc), "Cannot read TPM properties: %s",
+    return log_error_errno(tpm_errno(t, rc), "Cannot read TPM properties: %s",
                            tpm_last_error(t));
 }
 
@@ -277,7 +296,7 @@ int tpm_persistent_get(struct tpm *t, TPM2_HANDLE handle, ESYS_TR *ret_tr,
     TPM_CALL(t, rc, "ReadPublic",
              Esys_TR_FromTPMPublic(t->esys, handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr));
     if (rc != TSS2_RC_SUCCESS)
-        return -tpm_rc_to_errno(rc);
+        return -tpm_errno(t, rc);
 
     if (ret_public) {
         TPM_CALL(t, rc, "ReadPublic",
@@ -285,7 +304,7 @@ int tpm_persistent_get(struct tpm *t, TPM2_HANDLE handle, ESYS_TR *ret_tr,
                                  ret_public, NULL, NULL));
         if (rc != TSS2_RC_SUCCESS) {
             Esys_TR_Close(t->esys, &tr);
-            return -tpm_rc_to_errno(rc);
+            return -tpm_errno(t, rc);
         }
     }
     *ret_tr = tr;
@@ -303,7 +322,7 @@ int tpm_persist_and_flush(struct tpm *t, ESYS_TR transient, TPM2_HANDLE handle) 
      * EvictControl answer stays the one reported. */
     rc_flush = Esys_FlushContext(t->esys, transient);
     if (rc != TSS2_RC_SUCCESS)
-        return -tpm_rc_to_errno(rc);
+        return -tpm_errno(t, rc);
     Esys_TR_Close(t->esys, &persisted);
     if (rc_flush != TSS2_RC_SUCCESS) {
         /* The key is persisted; only a TPM that went away mid-way gets here. */
@@ -321,11 +340,11 @@ int tpm_flush(struct tpm *t, ESYS_TR *tr) {
         return 0;
     rc = Esys_FlushContext(t->esys, *tr);
     *tr = ESYS_TR_NONE;
-    if (rc == TSS2_RC_SUCCESS || tpm_rc_to_errno(rc) == ENOENT)
+    if (rc == TSS2_RC_SUCCESS || tpm_errno(t, rc) == ENOENT)
         return 0;
     t->last_what = "FlushContext";
     t->last_rc = rc;
-    return -tpm_rc_to_errno(rc);
+    return -tpm_errno(t, rc);
 }
 
 int tpm_nv_get(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_tr, TPM2B_NV_PUBLIC **ret_public) {
@@ -335,7 +354,7 @@ int tpm_nv_get(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_tr, TPM2B_NV_PUBLI
     TPM_CALL(t, rc, "NV_ReadPublic",
              Esys_TR_FromTPMPublic(t->esys, index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &tr));
     if (rc != TSS2_RC_SUCCESS)
-        return -tpm_rc_to_errno(rc);
+        return -tpm_errno(t, rc);
 
     if (ret_public) {
         TPM_CALL(t, rc, "NV_ReadPublic",
@@ -343,7 +362,7 @@ int tpm_nv_get(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_tr, TPM2B_NV_PUBLI
                                     ret_public, NULL));
         if (rc != TSS2_RC_SUCCESS) {
             Esys_TR_Close(t->esys, &tr);
-            return -tpm_rc_to_errno(rc);
+            return -tpm_errno(t, rc);
         }
     }
     *ret_tr = tr;
@@ -369,7 +388,7 @@ int tpm_nv_read(struct tpm *t, ESYS_TR index, ESYS_TR auth, uint16_t offset, uin
                  Esys_NV_Read(t->esys, auth, index, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                               n, offset + done, &data));
         if (rc != TSS2_RC_SUCCESS)
-            return -tpm_rc_to_errno(rc);
+            return -tpm_errno(t, rc);
         if (data->size != n) {
             Esys_Free(data);
             return -EBADMSG;
@@ -395,7 +414,7 @@ int tpm_nv_write(struct tpm *t, ESYS_TR index, uint16_t offset, const uint8_t *d
                  Esys_NV_Write(t->esys, ESYS_TR_RH_OWNER, index, ESYS_TR_PASSWORD, ESYS_TR_NONE,
                                ESYS_TR_NONE, &buf, (uint16_t)(offset + done)));
         if (rc != TSS2_RC_SUCCESS)
-            return -tpm_rc_to_errno(rc);
+            return -tpm_errno(t, rc);
         done += buf.size;
     }
     return 0;

@@ -30,6 +30,7 @@ struct tpm {
     uint32_t lockout_counter, max_auth_fail, lockout_interval, lockout_recovery;
 
     bool unusable_reported;
+    bool failure_contradicted; /* answered FAILURE, but GetTestResult says all is well */
 
     /* The last command's answer, for the one log line that reports a failure. */
     const char *last_what;
@@ -64,6 +65,13 @@ bool tpm_check_answer(struct tpm *t, TSS2_RC rc, unsigned attempt, const char *w
                 break;                                                                             \
         }                                                                                          \
     } while (0)
+
+/*
+ * tpm_rc_to_errno for an answer of this TPM: a FAILURE answer the TPM's own self-test result
+ * contradicts is a refusal of that one command (-EPROTO), not failure mode. libtpms answers
+ * FAILURE to an ActivateCredential whose secret was made for another EK.
+ */
+int tpm_errno(const struct tpm *t, TSS2_RC rc);
 
 /* "<command> returned 0x9a2 (<decoded>)" for the last command sent through TPM_CALL. */
 const char *tpm_last_error(struct tpm *t);

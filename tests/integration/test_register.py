@@ -205,9 +205,6 @@ def test_register_provisions_over_one_tls_connection_and_the_hub_accepts_its_tok
     assert_no_leftovers(tpm)
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: the first poll ignores the retry-after of "
-                   "the 202 that answers the signed PUT (agent/cmd/register.c poll_operation "
-                   "polls at once)")
 def test_polls_wait_for_the_retry_after_of_every_202(device):
     """Protocol doc 1.12 step 5: the signed PUT's 202 carries retry-after; honour it."""
     emu = device.emu
@@ -407,10 +404,6 @@ def test_corrupted_hub_key_on_force_keeps_the_previous_identity(device, fault, s
     assert_no_leftovers(tpm)
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: swtpm answers ActivateCredential of a blob "
-                   "made for another EK with 0x101 (TPM_RC_FAILURE) while GetTestResult says "
-                   "success; agent/tpm/tpm.c report_unusable() still declares failure mode "
-                   "and register exits 7 (TPM unusable)")
 def test_key_for_another_device_is_refused_by_activate_credential(device):
     emu = device.emu
     emu.clear_log()
@@ -861,10 +854,6 @@ def test_deadline_ends_retries_against_a_dps_that_always_answers_503(device):
     assert_no_leftovers(device.tpm)
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: TimeoutSec does not bound a request in "
-                   "flight; each request gets RequestTimeoutSec in full (agent/cmd/register.c "
-                   "prepare() passes cfg->request_timeout_sec to http_new, exchange() never "
-                   "shortens it to the time left)")
 def test_deadline_also_bounds_a_request_that_hangs(device):
     """TimeoutSec is 'the time limit of a whole registration' (tpm-provision.conf(5))."""
     device.write_config(provisioning={"TimeoutSec": "3"})      # RequestTimeoutSec: 30
