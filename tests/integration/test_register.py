@@ -644,7 +644,7 @@ def test_clock_years_behind_still_provisions_and_sas_refuses_to_sign(device, clo
 
     if res.returncode != 0 and "not valid at the current time" in res.stderr:
         # The agent checks the server certificate at its build time when the clock is
-        # earlier; the emulator's certificate dates from a day ago. A build older than that
+        # earlier; the emulator's certificate dates from 400 days ago. A build older than that
         # cannot pass, and that is the environment, not the agent: sas refuses to sign only
         # below the build time, which tells where it is.
         at_cert = int(cert_not_before(os.path.join(emu.state_dir, "server.pem")) + 60)
@@ -652,7 +652,7 @@ def test_clock_years_behind_still_provisions_and_sas_refuses_to_sign(device, clo
                                        "TEST_CLOCK_OFFSET": str(at_cert - int(time.time()))})
         if probe.returncode != EXIT_TEMPORARY:
             pytest.skip("the agent binary was built before the emulator's certificate was "
-                        "issued (a day ago): rebuild it to test the clock floor")
+                        "issued (400 days ago): rebuild it to test the clock floor")
     assert res.returncode == 0, res.stderr
     assert "clock" in res.stderr                    # it says what it works around
     log = device_requests(emu)
