@@ -71,14 +71,17 @@ int cmd_lock(unsigned timeout_sec) {
     _cleanup_free_ char *path = NULL;
     int fd, r;
 
-    r = ensure_runtime_dir();
-    if (r < 0)
-        return r;
     if (asprintf(&path, "%s/lock", cmd_runtime_dir()) < 0)
         return -ENOMEM;
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    (void)ensure_runtime_dir();
+    /* 0644 and flock() on a read-only descriptor: a member of the tss group who may use the
+     * TPM but not write to /run still takes part in the locking. */
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0 && (errno == EACCES || errno == EROFS))
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
-        return log_error_errno(errno, "Cannot open the lock file %s: %m", path);
+        return log_error_errno(errno, "Cannot open the lock file %s: %m. Run as root, or as "
+                               "the user the tpm-provision units run as.", path);
 
     for (unsigned waited_ms = 0;; waited_ms += 100) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0)

@@ -59,13 +59,14 @@ int cmd_own(const struct options *o) {
     bool ek_created, srk_created;
     int r;
 
-    lock = cmd_lock(LOCK_TIMEOUT_SEC);
-    if (lock < 0)
-        return lock;
-
     r = cmd_open_tpm(o, &t, &auths);
     if (r < 0)
         return r;
+    lock = cmd_lock(LOCK_TIMEOUT_SEC);
+    if (lock < 0) {
+        hierarchy_auths_wipe(&auths);
+        return lock;
+    }
 
     if (t->permanent & TPMA_PERMANENT_INLOCKOUT)
         log_warning("The TPM is in dictionary-attack lockout (%u failures of %u); the keys "

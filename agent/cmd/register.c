@@ -762,12 +762,14 @@ int cmd_register(const struct options *o) {
     r = config_check_for_registration(&o->cfg);
     if (r < 0)
         return r;
-    lock = cmd_lock(LOCK_TIMEOUT_SEC);
-    if (lock < 0)
-        return lock;
     r = cmd_open_tpm(o, &g.t, &g.auths);
     if (r < 0)
         goto out;
+    lock = cmd_lock(LOCK_TIMEOUT_SEC);
+    if (lock < 0) {
+        r = lock;
+        goto out;
+    }
 
     r = nvstate_load(g.t, o->cfg.state_index, false, &g.state);
     if (r == 0 && already_provisioned(&g)) {

@@ -23,12 +23,14 @@ int cmd_reset(const struct options *o) {
     if (!o->yes)
         return log_error_errno(EINVAL, "reset removes this device's cloud identity; it then has "
                                "to register again. Add --yes to do it.");
-    lock = cmd_lock(300);
-    if (lock < 0)
-        return lock;
     r = cmd_open_tpm(o, &t, &auths);
     if (r < 0)
         return r;
+    lock = cmd_lock(300);
+    if (lock < 0) {
+        hierarchy_auths_wipe(&auths);
+        return lock;
+    }
 
     r = nvstate_load(t, o->cfg.state_index, true, &s);
     if (r == -EEXIST) {

@@ -349,13 +349,12 @@ def test_b17_transient_retry_forever_gives_up_within_bound(rig):
 
 # --- B18: failure mode ---------------------------------------------------------------------
 
-FAILURE_MODE_ALLOWED = (CC["GetCapability"], CC["GetTestResult"])
 
 
 def test_b18_failure_mode(rig):
     """0x101 FAILURE to all but GetCapability/GetTestResult: exit 7 at once, nothing changed."""
     before = rig.tpm.snapshot()
-    rig.proxy.inject_all(TPM_RC_FAILURE, except_cc=FAILURE_MODE_ALLOWED)
+    rig.proxy.failure_mode()
 
     res = rig.own()
 
@@ -373,15 +372,26 @@ def test_b18_failure_mode(rig):
 
 def test_b18_failure_mode_logs_get_test_result(rig):
     """B18 expects the agent to log the GetTestResult output once it sees failure mode."""
-    rig.proxy.inject_all(TPM_RC_FAILURE, except_cc=FAILURE_MODE_ALLOWED)
+    rig.proxy.failure_mode()
     res = rig.own()
     assert res.returncode == EXIT_TPM_UNUSABLE, explain(rig, res)
     assert rig.proxy.count(CC["GetTestResult"]) == 1, explain(rig, res)
     assert re.search(r"(?i)test ?result|failure mode", res.stderr), res.stderr
+    assert "0x101" in res.stderr and "deadbeef" in res.stderr  # what GetTestResult said
+
+
+def test_b18_failure_answer_contradicted_by_the_self_test_is_no_failure_mode(rig):
+    """FAILURE to one command while GetTestResult reports success (libtpms does this for an
+    ActivateCredential made for another EK): a refusal of that command, not exit 7."""
+    rig.proxy.inject(TPM_RC_FAILURE, CC["CreatePrimary"], nth=1)
+    res = rig.own()
+    assert res.returncode not in (0, EXIT_TPM_UNUSABLE), explain(rig, res)
+    assert "failure mode" not in res.stderr
+    assert rig.proxy.count(CC["GetTestResult"]) == 1, explain(rig, res)
 
 
 def test_b18_failure_mode_status(rig):
-    rig.proxy.inject_all(TPM_RC_FAILURE, except_cc=FAILURE_MODE_ALLOWED)
+    rig.proxy.failure_mode()
     res = run_agent(rig.proxy.tcti, "status", "--json")
     assert res.returncode == EXIT_TPM_UNUSABLE, res.stdout + res.stderr
 

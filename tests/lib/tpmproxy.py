@@ -380,6 +380,15 @@ class TpmProxy:
     def inject_all(self, rc, except_cc=()):
         return self._add_rule(_Rule(rc, except_cc=except_cc))
 
+    def failure_mode(self, test_result=0x101):
+        """A TPM in failure mode (TPM 2.0 Part 1, 12.4): FAILURE to every command but
+        GetCapability and GetTestResult, and GetTestResult answering with `test_result`. A
+        simulation that let GetTestResult reach the healthy swtpm would contradict itself."""
+        body = struct.pack(">H", 4) + b"\xde\xad\xbe\xef" + struct.pack(">I", test_result)
+        answer = struct.pack(">HII", 0x8001, 10 + len(body), TPM_RC_SUCCESS) + body
+        self._add_rule(_Rule(answer, cc=CC["GetTestResult"]))
+        return self.inject_all(0x101, except_cc=(CC["GetCapability"], CC["GetTestResult"]))
+
     def inject_for(self, rc, seconds, except_cc=()):
         """Answer rc to every command for `seconds`, counted from the first command seen."""
         return self._add_rule(_Rule(rc, except_cc=except_cc, seconds=seconds))
@@ -568,8 +577,10 @@ class TpmProxy:
                         return
 
                 if inject is not None:
-                    self._log(n, cc, inject, "injected", conn, now, cmd)
-                    client.sendall(response(inject))
+                    # An rc, or a whole answer (bytes) for commands whose output matters.
+                    answer = inject if isinstance(inject, bytes) else response(inject)
+                    self._log(n, cc, HEADER.unpack_from(answer)[2], "injected", conn, now, cmd)
+                    client.sendall(answer)
                     continue
 
                 if upstream is None:
