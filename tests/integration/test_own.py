@@ -146,3 +146,32 @@ def test_ek_that_does_not_match_the_certificate_is_not_persisted(tpm_no_ek, agen
 
     assert "does not match the EK certificate" in res.stderr
     assert tpm.snapshot() == before
+
+
+def test_b12_second_instance_waits_for_the_first(tpm_no_ek, tmp_path):
+    """Two instances at once (udev-started and systemd-started): the second waits on the lock
+    while the first is inside CreatePrimary, then finds everything done. One EK, one SRK."""
+    import subprocess
+    import time
+    from agent import AGENT
+    from tpmproxy import CC, TpmProxy
+    tpm = tpm_no_ek
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path / "run"),
+               TPM_PROVISION_CONFIG=str(tmp_path / "none.conf"), TPM_PROVISION_CMDLINE=os.devnull)
+    with TpmProxy(tpm, str(tmp_path / "proxy.sock")) as proxy:
+        env["TPM_PROVISION_TCTI"] = proxy.tcti
+        held = proxy.pause("after", cc=CC["CreatePrimary"])
+        first = subprocess.Popen([AGENT, "own"], env=env, stderr=subprocess.PIPE, text=True)
+        assert held.reached.wait(30)
+        second = subprocess.Popen([AGENT, "own"], env=env, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert second.poll() is None, "the second instance must wait, not run or fail"
+        held.release()
+        out1 = first.communicate(timeout=60)[1]
+        out2 = second.communicate(timeout=60)[1]
+    assert first.returncode == 0, out1
+    assert second.returncode == 0, out2
+    assert "Another tpm-provision is working on the TPM" in out2
+    assert "Persisted the EK" in out1 and "Persisted" not in out2
+    assert proxy.count(CC["CreatePrimary"]) == 2  # EK and SRK, once each
+    assert_no_leftovers(tpm)
