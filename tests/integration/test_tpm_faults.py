@@ -10,7 +10,6 @@ its state directory copied for every test (swtpm state is the files in that dire
 The number of commands M a full `own` sends is measured at collection time through the proxy,
 so every cut point 1..M is a visible test: test_power_cut_every_command_of_own_{after,before}[N].
 """
-import atexit
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 
-from swtpm import Swtpm  # noqa: E402
+from swtpm import Swtpm, TemplateSwtpm  # noqa: E402
 from tpmproxy import (CC, MUTATING_CC, TPM_RC_FAILURE, TPM_RC_INITIALIZE,  # noqa: E402
                       TPM_RC_NV_RATE, TPM_RC_NV_UNAVAILABLE, TPM_RC_RETRY, TPM_RC_SUCCESS,
                       TPM_RC_TESTING, TPM_RC_UPGRADE, TPM_RC_YIELDED, TpmProxy, cc_name,
@@ -129,34 +128,7 @@ def slot_with_sequence(slot, sequence):
     return out + bytes(SLOT_SIZE - len(out))
 
 
-# --- a manufactured TPM, copied per test ---------------------------------------------------
-
-_TEMPLATE = {}
-
-
-def _template_state():
-    """State directory of a TPM manufactured once per session: EK certificate, no EK."""
-    if "state" not in _TEMPLATE:
-        d = tempfile.mkdtemp(prefix="tpmfaults-template-")
-        atexit.register(shutil.rmtree, d, True)
-        t = Swtpm(d, ek_cert=True, persist_ek=False)
-        try:
-            _TEMPLATE["snapshot"] = t.snapshot()
-        finally:
-            t.stop(clean=True)
-        _TEMPLATE["state"] = t.state
-    return _TEMPLATE["state"]
-
-
-class TemplateSwtpm(Swtpm):
-    """A Swtpm whose state is a copy of the session's manufactured TPM (no swtpm_setup)."""
-
-    def __init__(self, workdir):
-        self._template = _template_state()
-        super().__init__(workdir, ek_cert=True, persist_ek=True)  # EK already not persisted
-
-    def _manufacture(self, ek_cert):
-        shutil.copytree(self._template, self.state, dirs_exist_ok=True)
+# --- a manufactured TPM, copied per test (tests/lib/swtpm.py TemplateSwtpm) ----------------
 
 
 class Rig:

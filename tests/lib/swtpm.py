@@ -3,6 +3,7 @@
 Every test gets its own state directory and socket, so tests never share a TPM and never
 touch the default TCP ports another swtpm on the host may hold.
 """
+import atexit
 import os
 import shutil
 import signal
@@ -130,6 +131,35 @@ class Swtpm:
 
     def close(self):
         self.stop(clean=True)
+
+
+_TEMPLATES = {}
+
+
+def template_state(persist_ek=False):
+    """State directory of a TPM manufactured once per process (EK certificate; EK persisted or
+    not): copying it is much faster than swtpm_setup. Every copy has the same EK."""
+    if persist_ek not in _TEMPLATES:
+        d = tempfile.mkdtemp(prefix="tpmprov-template-")
+        atexit.register(shutil.rmtree, d, True)
+        t = Swtpm(d, ek_cert=True, persist_ek=persist_ek)
+        try:
+            snapshot = t.snapshot()
+        finally:
+            t.stop(clean=True)
+        _TEMPLATES[persist_ek] = (t.state, snapshot)
+    return _TEMPLATES[persist_ek]
+
+
+class TemplateSwtpm(Swtpm):
+    """A Swtpm whose state is a copy of the process's manufactured TPM (no swtpm_setup)."""
+
+    def __init__(self, workdir, persist_ek=False):
+        self._template, self.template_snapshot = template_state(persist_ek)
+        super().__init__(workdir, ek_cert=True, persist_ek=True)  # as the template has it
+
+    def _manufacture(self, ek_cert):
+        shutil.copytree(self._template, self.state, dirs_exist_ok=True)
 
 
 def new_workdir(prefix="tpmprov-"):
