@@ -62,11 +62,39 @@ static const struct command commands[] = {
      "the assignment in the state record and the hand-off file. EK, SRK and the state index\n"
      "stay. Needs --yes.\n",
      0},
-    {"ek", cmd_ek, "ek [--json|--csv]",
+    {"ek", cmd_ek, "ek [--json|--csv] [--serial=S] [--append=FILE [--previous=FILE]...]",
      "Print the registration ID, the EK public as DPS takes it (base64 TPM2B_PUBLIC) and the EK\n"
      "certificate's serial and SHA-256 fingerprint. Reads the EK fresh from the TPM; an EK that\n"
-     "is not persisted is computed from the template and not persisted.\n",
+     "is not persisted is computed from the template and not persisted.\n"
+     "With --serial or --append, one manufacturing list row (docs/manufacturing.md) that adds\n"
+     "the device serial and the time.\n"
+     "  --serial=S               device serial (default: DMI product serial, else device tree)\n"
+     "  --append=FILE            append the row to the list FILE (CSV with --csv, JSON lines\n"
+     "                           with --json, else the file's own format); refused when its EK,\n"
+     "                           registration ID or serial is in FILE or a --previous list\n"
+     "  --previous=FILE          an earlier batch's list (repeatable)\n",
      (1u << OUTPUT_JSON) | (1u << OUTPUT_CSV)},
+    {"enroll", cmd_enroll,
+     "enroll --list=FILE... [--connection-string-file=F] [--dry-run] [--results=FILE] ...",
+     "Create DPS individual enrollments for every row of the lists (from 'ek --append', or a TPM\n"
+     "maker's list of base64 EK publics) through the DPS service API, in bulk operations of up\n"
+     "to 10. Every row is checked before anything is sent. Resumable: rows already done are\n"
+     "skipped, and an enrollment is never created twice or overwritten.\n"
+     "  --list=FILE              a list to enrol (repeatable)\n"
+     "  --previous=FILE          an earlier batch: its EKs and IDs are refused (repeatable)\n"
+     "  --connection-string-file=F  the policy's connection string (default: the credential\n"
+     "                           tpm-provision.dps-connection-string)\n"
+     "  --results=FILE           results and journal, JSON lines (default LIST.results.jsonl)\n"
+     "  --dry-run                check and print the bulk requests; send nothing\n"
+     "  --device-id=TEMPLATE     device IDs, {serial} and {registrationId} replaced (default:\n"
+     "                           DPS uses the registration ID)\n"
+     "  --initial-twin=FILE      initial twin, a JSON object\n"
+     "  --provisioning-status=enabled|disabled\n"
+     "  --allocation=hashed|geoLatency|static  allocation policy\n"
+     "  --iot-hub=HOST           IoT hub the enrollments may be assigned to (repeatable)\n"
+     "  --endpoint=URL           service endpoint instead of https://<HostName>\n"
+     "  --ca-bundle=FILE         trusted CAs for DPS (CABundle=)\n",
+     0},
 };
 
 static void help_global(FILE *f) {
@@ -141,6 +169,18 @@ enum {
     OPT_RESOURCE,
     OPT_EXPIRY,
     OPT_YES,
+    OPT_SERIAL,
+    OPT_APPEND,
+    OPT_PREVIOUS,
+    OPT_LIST,
+    OPT_RESULTS,
+    OPT_CONNECTION_STRING_FILE,
+    OPT_DRY_RUN,
+    OPT_DEVICE_ID,
+    OPT_INITIAL_TWIN,
+    OPT_PROVISIONING_STATUS,
+    OPT_ALLOCATION,
+    OPT_IOT_HUB,
 };
 
 /* Command line values, applied over the configuration once it is read. */
@@ -207,6 +247,17 @@ static int parse_seconds(const char *arg, const char *option, int64_t max, int64
     return 0;
 }
 
+/* Repeatable options (enroll --list=, --iot-hub=, ...): the values point into argv. */
+static int push_arg(const char ***array, size_t *n, const char *value) {
+    const char **a = reallocarray(*array, *n + 1, sizeof(*a));
+
+    if (!a)
+        return log_error_errno(ENOMEM, "Out of memory.");
+    a[(*n)++] = value;
+    *array = a;
+    return 0;
+}
+
 int main(int argc, char *argv[]) {
     static const struct option longopts[] = {
         {"tcti", required_argument, NULL, OPT_TCTI},
@@ -236,11 +287,23 @@ int main(int argc, char *argv[]) {
         {"resource", required_argument, NULL, OPT_RESOURCE},
         {"expiry", required_argument, NULL, OPT_EXPIRY},
         {"yes", no_argument, NULL, OPT_YES},
+        {"serial", required_argument, NULL, OPT_SERIAL},
+        {"append", required_argument, NULL, OPT_APPEND},
+        {"previous", required_argument, NULL, OPT_PREVIOUS},
+        {"list", required_argument, NULL, OPT_LIST},
+        {"results", required_argument, NULL, OPT_RESULTS},
+        {"connection-string-file", required_argument, NULL, OPT_CONNECTION_STRING_FILE},
+        {"dry-run", no_argument, NULL, OPT_DRY_RUN},
+        {"device-id", required_argument, NULL, OPT_DEVICE_ID},
+        {"initial-twin", required_argument, NULL, OPT_INITIAL_TWIN},
+        {"provisioning-status", required_argument, NULL, OPT_PROVISIONING_STATUS},
+        {"allocation", required_argument, NULL, OPT_ALLOCATION},
+        {"iot-hub", required_argument, NULL, OPT_IOT_HUB},
         {},
     };
     struct options o = {.expiry = 3600, .clock_floor = BUILD_EPOCH};
     struct overrides v = {.timeout = -1};
-    const char *only_for = NULL, *only_cmd = NULL;
+    const char *only_for = NULL, *only_cmd = NULL, *enroll_only = NULL;
     const struct command *cmd = NULL;
     bool help = false;
     int c, r = 0, level = LOG_INFO;
@@ -262,7 +325,7 @@ int main(int argc, char *argv[]) {
         case OPT_CONFIG: v.config = optarg; break;
         case OPT_FORCE: o.force = true; only_for = "--force"; only_cmd = "register"; break;
         case OPT_ID_SCOPE: v.id_scope = optarg; break;
-        case OPT_ENDPOINT: v.endpoint = optarg; break;
+        case OPT_ENDPOINT: v.endpoint = optarg; o.service_endpoint = optarg; break;
         case OPT_REGISTRATION_ID: v.registration_id = optarg; break;
         case OPT_PAYLOAD: v.payload = optarg; break;
         case OPT_CA_BUNDLE: v.ca_bundle = optarg; break;
@@ -279,6 +342,18 @@ int main(int argc, char *argv[]) {
                 r = parse_seconds(optarg, "--expiry", 365 * 24 * 3600, &o.expiry);
             break;
         case OPT_YES: o.yes = true; only_for = "--yes"; only_cmd = "reset"; break;
+        case OPT_SERIAL: o.serial = optarg; only_for = "--serial"; only_cmd = "ek"; break;
+        case OPT_APPEND: o.append = optarg; only_for = "--append"; only_cmd = "ek"; break;
+        case OPT_PREVIOUS: r = push_arg(&o.previous, &o.n_previous, optarg); break;
+        case OPT_LIST: r = push_arg(&o.lists, &o.n_lists, optarg); enroll_only = "--list"; break;
+        case OPT_RESULTS: o.results = optarg; enroll_only = "--results"; break;
+        case OPT_CONNECTION_STRING_FILE: o.connection_string_file = optarg; enroll_only = "--connection-string-file"; break;
+        case OPT_DRY_RUN: o.dry_run = true; enroll_only = "--dry-run"; break;
+        case OPT_DEVICE_ID: o.device_id = optarg; enroll_only = "--device-id"; break;
+        case OPT_INITIAL_TWIN: o.initial_twin = optarg; enroll_only = "--initial-twin"; break;
+        case OPT_PROVISIONING_STATUS: o.provisioning_status = optarg; enroll_only = "--provisioning-status"; break;
+        case OPT_ALLOCATION: o.allocation = optarg; enroll_only = "--allocation"; break;
+        case OPT_IOT_HUB: r = push_arg(&o.iot_hubs, &o.n_iot_hubs, optarg); enroll_only = "--iot-hub"; break;
         case OPT_JSON: o.format = OUTPUT_JSON; break;
         case OPT_CSV: o.format = OUTPUT_CSV; break;
         case OPT_SET_LOCKOUT_AUTH: o.set_lockout_auth_file = optarg; break;
@@ -332,6 +407,14 @@ int main(int argc, char *argv[]) {
         log_error("%s goes with '%s' only.", only_for, only_cmd);
         return EXIT_USAGE;
     }
+    if (enroll_only && cmd->run != cmd_enroll) {
+        log_error("%s goes with 'enroll' only.", enroll_only);
+        return EXIT_USAGE;
+    }
+    if (o.n_previous > 0 && cmd->run != cmd_ek && cmd->run != cmd_enroll) {
+        log_error("--previous goes with 'ek' and 'enroll' only.");
+        return EXIT_USAGE;
+    }
 
     if (v.config)
         setenv("TPM_PROVISION_CONFIG", v.config, 1);
@@ -343,5 +426,8 @@ int main(int argc, char *argv[]) {
     if (r >= 0)
         r = cmd->run(&o);
     config_done(&o.cfg);
+    free(o.previous);
+    free(o.lists);
+    free(o.iot_hubs);
     return exit_code_from_errno(r);
 }

@@ -22,6 +22,24 @@ struct options {
     const char *resource;              /* sas */
     int64_t expiry;                    /* sas: seconds from now, or -(absolute Unix time) */
     time_t clock_floor;                /* no clock can be earlier than this build */
+
+    /* ek on the manufacturing line, and enroll (docs/manufacturing.md) */
+    const char *serial;                 /* ek: device serial instead of DMI/device tree */
+    const char *append;                 /* ek: the list file to append the row to */
+    const char **previous;              /* ek, enroll: earlier batches (lists) */
+    size_t n_previous;
+    const char **lists;                 /* enroll: lists to enrol */
+    size_t n_lists;
+    const char *results;                /* enroll: results journal (default next to the list) */
+    const char *connection_string_file; /* enroll */
+    const char *service_endpoint;       /* enroll: --endpoint, instead of https://HostName */
+    bool dry_run;                       /* enroll */
+    const char *device_id;              /* enroll: device ID template */
+    const char *initial_twin;           /* enroll: JSON file */
+    const char *provisioning_status;    /* enroll */
+    const char *allocation;             /* enroll */
+    const char **iot_hubs;              /* enroll */
+    size_t n_iot_hubs;
 };
 
 #define RUNTIME_DIR_DEFAULT "/run/tpm-provision"
@@ -54,3 +72,4 @@ int cmd_ek(const struct options *o);
 int cmd_register(const struct options *o);
 int cmd_sas(const struct options *o);
 int cmd_reset(const struct options *o);
+int cmd_enroll(const struct options *o);

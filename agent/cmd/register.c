@@ -195,7 +195,8 @@ static int dps_error(const struct http_response *resp, const char *what, int err
 }
 
 /* Answers that end the run with a configuration or enrollment problem (B25 and friends). */
-static int classify_refusal(const struct http_response *resp, const char *what) {
+static int classify_refusal(const struct registration *g, const struct http_response *resp,
+                            const char *what) {
     struct dps_answer a = {0};
     int r;
 
@@ -207,7 +208,7 @@ static int classify_refusal(const struct http_response *resp, const char *what) 
     if (api_version) {
         r = dps_error(resp, what, EINVAL);
         log_error("This DPS does not take api-version %s: set ApiVersion= to one it supports.",
-                  "configured");
+                  g->cfg->api_version);
         return r;
     }
     if (resp->status == 404)
@@ -268,7 +269,7 @@ static int challenge(struct registration *g) {
     }
 
     if (resp.status != 401) {
-        r = resp.status >= 400 ? classify_refusal(&resp, "Registration")
+        r = resp.status >= 400 ? classify_refusal(g, &resp, "Registration")
                                : log_error_errno(EREMOTEIO, "DPS answered the first PUT with "
                                                  "HTTP %ld instead of a challenge.", resp.status);
         http_response_done(&resp);
@@ -346,7 +347,7 @@ static int signed_request(struct registration *g, const char *what, const char *
         return 0;
     }
     if (resp->status != 200 && resp->status != 202) {
-        r = classify_refusal(resp, what);
+        r = classify_refusal(g, resp, what);
         http_response_done(resp);
         return r;
     }
@@ -504,12 +505,13 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
     return cmd_write_handoff(&rec);
 }
 
-/* failed and disabled are kept in the record, so status shows them; the identity key (if
- * any) and the previous assignment's Name stay, so a later assignment can replace it. */
+/* failed and disabled are kept in the record, so status shows them and the next run asks DPS
+ * again; they replace a cached assignment (field case B29), whose hand-off file goes, so the
+ * device's IoT client stops using it. The identity key stays, named in the record, so that a
+ * later assignment replaces it. */
 static int record_refusal(struct registration *g, const struct dps_answer *a) {
     struct record rec = g->state.record;
     const char *what = a->status == DPS_STATUS_DISABLED ? "disabled" : "failed";
-
     char message[1200], code[64];
 
     snprintf(message, sizeof(message), "DPS %s the registration: errorCode %lld, %s. Not "
@@ -519,15 +521,16 @@ static int record_refusal(struct registration *g, const struct dps_answer *a) {
     log_error("%s", message);
     snprintf(code, sizeof(code), "TPM_PROVISION_DPS_ERROR=%lld", (long long)a->error_code);
     log_event(LOG_EVENT_DPS_REFUSED, LOG_ERR, message, (const char *const[]){code, NULL});
-    if (rec.state != RECORD_ASSIGNED) {
-        rec.state = a->status == DPS_STATUS_DISABLED ? RECORD_DISABLED : RECORD_FAILED;
-        rec.dps_error = (int32_t)a->error_code;
-        rec.changed_at = (uint64_t)server_now(g);
-        snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
-        snprintf(rec.registration_id, sizeof(rec.registration_id), "%s", g->registration_id);
-        if (nvstate_save(g->t, &g->state, &rec) < 0)
-            log_warning("Could not record the %s state: %s", what, tpm_last_error(g->t));
-    }
+
+    rec.state = a->status == DPS_STATUS_DISABLED ? RECORD_DISABLED : RECORD_FAILED;
+    rec.dps_error = (int32_t)a->error_code;
+    rec.changed_at = (uint64_t)server_now(g);
+    snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
+    snprintf(rec.registration_id, sizeof(rec.registration_id), "%s", g->registration_id);
+    rec.hub[0] = rec.device_id[0] = '\0';
+    if (nvstate_save(g->t, &g->state, &rec) < 0)
+        log_warning("Could not record the %s state: %s", what, tpm_last_error(g->t));
+    (void)cmd_remove_handoff();
     return -ECONNREFUSED;
 }
 

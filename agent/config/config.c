@@ -272,6 +272,37 @@ static void describe_expected(const struct key *k, char *buf, size_t size) {
 
 /* Stores v (normalised) in k's field; -EINVAL with the reason in *ret_why when v is not
  * acceptable for k. */
+const char *config_check_proxy(const char *url) {
+    static const char *const schemes[] = {"http://", "https://", "socks4://", "socks4a://",
+                                          "socks5://", "socks5h://"};
+    const char *host = NULL, *p, *end;
+
+    for (size_t i = 0; i < ARRAY_SIZE(schemes); i++)
+        if (strncmp(url, schemes[i], strlen(schemes[i])) == 0)
+            host = url + strlen(schemes[i]);
+    if (!host)
+        return "it does not start with http://, https://, socks4://, socks4a://, socks5:// or "
+               "socks5h://";
+    end = host + strcspn(host, "/?#");
+    p = memchr(host, '@', (size_t)(end - host));
+    if (p)
+        host = p + 1; /* user:password@ */
+    if (host == end || *host == ':')
+        return "it names no host";
+    /* An optional :PORT after the host (or after a bracketed IPv6 address). */
+    const char *colon = host[0] == '[' ? memchr(host, ']', (size_t)(end - host)) : host;
+    colon = colon ? memchr(colon, ':', (size_t)(end - colon)) : NULL;
+    if (colon) {
+        char *stop;
+        unsigned long port = strtoul(colon + 1, &stop, 10);
+        if (stop == colon + 1 || stop != end || port == 0 || port > 65535)
+            return "its port is not a number from 1 to 65535";
+    }
+    if (*end && strcmp(end, "/") != 0)
+        return "it has a path; a proxy URL is scheme://[user:password@]host[:port]";
+    return NULL;
+}
+
 static int key_parse(struct config *c, const struct key *k, const char *v, const char **ret_why) {
     const char *why = NULL;
     char *copy, **field;
@@ -294,6 +325,7 @@ static int key_parse(struct config *c, const struct key *k, const char *v, const
     case VALUE_ENDPOINT: why = check_endpoint(v); break;
     case VALUE_PATH: why = v[0] != '/' ? "it is not an absolute path" : NULL; break;
     case VALUE_API_VERSION: why = check_api_version(v); break;
+    case VALUE_PROXY: why = config_check_proxy(v); break;
     default: break;
     }
     if (why) {
@@ -853,6 +885,19 @@ int config_check_for_registration(const struct config *c) {
         r = log_error_errno(EINVAL,
                             "Global endpoint '%s' is not valid: %s; expected https://HOST[:PORT].",
                             c->endpoint, why);
+
+    if (!c->proxy) {
+        static const char *const vars[] = {"https_proxy", "HTTPS_PROXY", "all_proxy",
+                                           "ALL_PROXY"};
+        for (size_t i = 0; i < ARRAY_SIZE(vars); i++) {
+            const char *v = getenv(vars[i]);
+            if (v && *v && (why = config_check_proxy(v))) {
+                r = log_error_errno(EINVAL, "$%s is not a valid proxy URL (value not shown, it "
+                                    "may hold a password): %s.", vars[i], why);
+                break;
+            }
+        }
+    }
 
     if (!c->api_version || (why = check_api_version(c->api_version)))
         r = log_error_errno(EINVAL, "DPS api-version '%s' is not valid; expected one like %s.",

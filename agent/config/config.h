@@ -102,4 +102,7 @@ int config_load_cmdline(struct config *c, const char *cmdline);
 int config_check_for_registration(const struct config *c);
 
 /* Frees the strings and empties c. Safe on a zeroed or partly filled struct, and twice. */
+/* Why url is not a proxy URL libcurl can use (scheme://[user:password@]host[:port]), or NULL. */
+const char *config_check_proxy(const char *url);
+
 void config_done(struct config *c);

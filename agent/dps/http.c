@@ -248,6 +248,8 @@ int http_request(struct http *h, const char *method, const char *url, const char
     else
         snprintf(ret->error, sizeof(ret->error), "%s", h->errbuf[0] ? h->errbuf
                                                                     : curl_easy_strerror(code));
+    /* libcurl quotes URLs in its messages, a proxy's password included (field case B31). */
+    http_redact_userinfo(ret->error);
     return failure_errno(ret->failure);
 }
 
@@ -271,16 +273,14 @@ unsigned http_requests(const struct http *h) {
     return h->requests;
 }
 
-char *http_redact_url(const char *url) {
-    const char *scheme = strstr(url, "://");
-    const char *start = scheme ? scheme + 3 : url;
-    const char *at = strchr(start, '@');
-    const char *slash = strchr(start, '/');
-    char *out;
-
-    if (!at || (slash && slash < at))
-        return strdup(url);
-    if (asprintf(&out, "%.*s***@%s", (int)(start - url), url, at + 1) < 0)
-        return NULL;
-    return out;
+void http_redact_userinfo(char *text) {
+    for (char *p = strstr(text, "://"); p; p = strstr(p, "://")) {
+        char *start = p + 3;
+        size_t span = strcspn(start, "/@ '\"\t");
+        if (start[span] == '@' && span > 0) {
+            memmove(start + 3, start + span, strlen(start + span) + 1);
+            memcpy(start, "***", 3);
+        }
+        p = start;
+    }
 }

@@ -64,5 +64,6 @@ unsigned http_connections(const struct http *h);
 /* Requests sent so far. */
 unsigned http_requests(const struct http *h);
 
-/* A URL with any user:password@ removed, for log lines (field case B31). malloc'ed. */
-char *http_redact_url(const char *url);
+/* Replaces the user:password part of every URL in a text, in place, with three stars: libcurl
+ * quotes URLs in its error messages (field case B31). */
+void http_redact_userinfo(char *text);

@@ -339,9 +339,6 @@ def test_b25_unsupported_api_version_is_a_configuration_error(dev):
     assert d.hub_check() == 200
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: agent/cmd/register.c classify_refusal() "
-                   "logs the literal word 'configured' instead of the configured api-version "
-                   "('This DPS does not take api-version configured: set ApiVersion= ...')")
 def test_b25_hint_names_the_configured_api_version(dev):
     """B25: the agent's own hint must name the api-version it sent, not rely on DPS's
     message to do so."""
@@ -530,11 +527,6 @@ def test_b29c_disabled_enrollment_recorded_then_provisions_once_enabled(dev):
     assert d.hub_check() == 200
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: agent/cmd/register.c record_refusal() "
-                   "skips the record when it says 'assigned' (if (rec.state != "
-                   "RECORD_ASSIGNED)), so a cached assignment survives DPS's 'disabled': "
-                   "status still says assigned, identity.json and `sas` stay, and the next "
-                   "`register` takes the fast path without asking DPS")
 def test_b29c_disabled_after_cached_assignment_is_recorded(dev):
     """B29 (c) as the case states it: cached assignment hub-A/device-X, then DPS answers
     `disabled`.  The refusal is recorded (status shows it), and once the enrollment is
@@ -694,11 +686,6 @@ MALFORMED_PROXIES = ["http://%s:%s@127.0.0.1:99999" % (PROXY_USER, PROXY_PASS),
                      "htp://%s:%s@127.0.0.1:3128" % (PROXY_USER, PROXY_PASS)]
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: a Proxy= URL libcurl cannot parse is "
-                   "logged whole, password included: agent/dps/http.c http_request() copies "
-                   "libcurl's error text ('Unsupported proxy syntax in '<url>'' / 'Unsupported "
-                   "proxy scheme for '<url>'') into resp->error, which agent/cmd/register.c "
-                   "exchange() logs; http_redact_url() exists but is never called")
 @pytest.mark.parametrize("url", MALFORMED_PROXIES, ids=["bad-port", "bad-scheme"])
 def test_b31_malformed_proxy_url_never_shows_its_password(dev, url):
     """B31: proxy credentials never appear in logs, 'not even in error messages'
@@ -713,11 +700,6 @@ def test_b31_malformed_proxy_url_never_shows_its_password(dev, url):
     assert PROXY_PASS not in res.stdout + res.stderr, res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug: a Proxy= URL libcurl cannot parse is "
-                   "classified as a temporary network/proxy failure (agent/dps/http.c "
-                   "classify(): CURLE_COULDNT_RESOLVE_PROXY -> HTTP_FAIL_PROXY) and retried "
-                   "until TimeoutSec, exit 5, instead of a configuration error (exit 2); "
-                   "config.c accepts any text for Proxy=")
 def test_b31_malformed_proxy_url_is_a_configuration_error(dev):
     """B31/B25 kind: a Proxy= value that can never work is a configuration error (exit 2,
     no retries), as a bad GlobalEndpoint= is, not a reason to back off and try again."""
