@@ -34,10 +34,8 @@ int cmd_open_tpm(const struct options *o, struct tpm **ret_tpm, struct hierarchy
     if (r < 0)
         goto fail;
 
+    /* TPM properties are read where they are needed: the boot fast path needs none. */
     r = tpm_open(o->cfg.tcti, &t);
-    if (r < 0)
-        goto fail;
-    r = tpm_properties_load(t);
     if (r < 0)
         goto fail;
     hierarchy_auths_apply(t, ret_auths);

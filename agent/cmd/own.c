@@ -68,6 +68,9 @@ int cmd_own(const struct options *o) {
         return lock;
     }
 
+    r = tpm_properties_load(t);
+    if (r < 0)
+        goto out;
     if (t->permanent & TPMA_PERMANENT_INLOCKOUT)
         log_warning("The TPM is in dictionary-attack lockout (%u failures of %u); the keys "
                     "tpm-provision uses are not subject to it, so it goes on.",

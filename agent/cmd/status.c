@@ -128,6 +128,9 @@ int cmd_status(const struct options *o) {
     hierarchy_auths_wipe(&auths);
     if (r < 0)
         return r;
+    r = tpm_properties_load(t);
+    if (r < 0)
+        return r;
 
     json_object *j = json_object_new_object();
     json_object *tpm = json_object_new_object();

@@ -74,11 +74,14 @@ void hierarchy_auths_apply(struct tpm *t, const struct hierarchy_auths *a) {
             tpm_set_hierarchy_auth(t, hierarchies[h].esys, a->auth[h].value, a->auth[h].size);
 }
 
-bool hierarchy_auth_is_set(const struct tpm *t, enum hierarchy_id h) {
+bool hierarchy_auth_is_set(struct tpm *t, enum hierarchy_id h) {
+    /* Unknown flags (the TPM would not say) count as set: the safe side for every caller. */
+    if (tpm_properties_load(t) < 0)
+        return true;
     return t->permanent & hierarchies[h].set_bit;
 }
 
-int hierarchy_require(const struct tpm *t, const struct hierarchy_auths *a, enum hierarchy_id h,
+int hierarchy_require(struct tpm *t, const struct hierarchy_auths *a, enum hierarchy_id h,
                       const char *for_what) {
     if (a->auth[h].supplied || !hierarchy_auth_is_set(t, h))
         return 0;

@@ -43,14 +43,14 @@ void hierarchy_auths_wipe(struct hierarchy_auths *a);
 void hierarchy_auths_apply(struct tpm *t, const struct hierarchy_auths *a);
 
 /* True when the TPM reports an authorization value set for h (TPM2_PT_PERMANENT). */
-bool hierarchy_auth_is_set(const struct tpm *t, enum hierarchy_id h);
+bool hierarchy_auth_is_set(struct tpm *t, enum hierarchy_id h);
 
 /*
  * Before a command that needs hierarchy h: -EACCES with a message naming the hierarchy and
  * how to supply its value, when the TPM has one set and none was supplied. `for_what` says
  * what the command is for ("persist the SRK").
  */
-int hierarchy_require(const struct tpm *t, const struct hierarchy_auths *a, enum hierarchy_id h,
+int hierarchy_require(struct tpm *t, const struct hierarchy_auths *a, enum hierarchy_id h,
                       const char *for_what);
 
 /*

@@ -77,8 +77,30 @@ int tpm_errno(const struct tpm *t, TSS2_RC rc) {
     return e;
 }
 
+/* The first command a TPM sees after power-on must be Startup. The kernel sends it for
+ * /dev/tpm*; a raw simulator may not have had it yet (field case B17: 0x100 INITIALIZE). One
+ * Startup(CLEAR), then the command is sent again. */
+static bool startup(struct tpm *t, const char *what) {
+    TSS2_RC rc;
+
+    if (t->startup_sent)
+        return false;
+    t->startup_sent = true;
+    log_info("The TPM was not started yet (%s answered INITIALIZE); sending TPM2_Startup(CLEAR).",
+             what);
+    rc = Esys_Startup(t->esys, TPM2_SU_CLEAR);
+    if (rc != TSS2_RC_SUCCESS && tpm_rc_base(rc) != TPM2_RC_INITIALIZE) {
+        log_warning("TPM2_Startup failed: 0x%x (%s).", rc, tpm_rc_str(rc));
+        return false;
+    }
+    return true;
+}
+
 bool tpm_check_answer(struct tpm *t, TSS2_RC rc, unsigned attempt, const char *what) {
     unsigned delay = TPM_TRANSIENT_FIRST_DELAY_MS, waited = 0;
+
+    if (tpm_rc_base(rc) == TPM2_RC_INITIALIZE)
+        return startup(t, what);
 
     if (tpm_rc_to_errno(rc) == ENOTRECOVERABLE) {
         report_unusable(t, rc, what);
@@ -199,39 +221,17 @@ void tpm_close(struct tpm *t) {
     free(t);
 }
 
-/* The first command a TPM sees after power-on must be Startup. The kernel sends it for
- * /dev/tpm*; a raw simulator may not have it yet (field case B17: 0x100 INITIALIZE). */
-static int startup_if_needed(struct tpm *t, TSS2_RC rc) {
-    TSS2_RC rc2;
-
-    if (tpm_rc_base(rc) != TPM2_RC_INITIALIZE)
-        return 0;
-    log_info("TPM not started yet; sending TPM2_Startup(CLEAR).");
-    TPM_CALL(t, rc2, "Startup", Esys_Startup(t->esys, TPM2_SU_CLEAR));
-    if (rc2 != TSS2_RC_SUCCESS && tpm_rc_base(rc2) != TPM2_RC_INITIALIZE)
-        return log_error_errno(tpm_rc_to_errno(rc2), "TPM2_Startup failed: 0x%x %s", rc2,
-                               tpm_rc_str(rc2));
-    return 1;
-}
-
-static int get_properties(struct tpm *t, TPM2_PT first, uint32_t count,
+static int get_properties(struct tpm *t, TPM2_PT first, uint32_t count, TPMI_YES_NO *ret_more,
                           TPMS_CAPABILITY_DATA **ret) {
-    TPMI_YES_NO more;
     TSS2_RC rc;
-    int r;
 
-    for (int tries = 0; tries < 2; tries++) {
-        TPM_CALL(t, rc, "GetCapability",
-                 Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                    TPM2_CAP_TPM_PROPERTIES, first, count, &more, ret));
-        if (rc == TSS2_RC_SUCCESS)
-            return 0;
-        r = startup_if_needed(t, rc);
-        if (r <= 0)
-            break;
-    }
-    return log_error_errno(tpm_errno(t, rc), "Cannot read TPM properties: %s",
-                           tpm_last_error(t));
+    TPM_CALL(t, rc, "GetCapability",
+             Esys_GetCapability(t->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                TPM2_CAP_TPM_PROPERTIES, first, count, ret_more, ret));
+    if (rc != TSS2_RC_SUCCESS)
+        return log_error_errno(tpm_errno(t, rc), "Cannot read TPM properties: %s",
+                               tpm_last_error(t));
+    return 0;
 }
 
 static void copy_vendor(char *dst, uint32_t v) {
@@ -246,16 +246,20 @@ static void copy_vendor(char *dst, uint32_t v) {
 }
 
 int tpm_properties_load(struct tpm *t) {
-    static const TPM2_PT groups[] = {TPM2_PT_FIXED, TPM2_PT_VAR};
+    TPM2_PT next = TPM2_PT_FIXED;
+    bool have_permanent = false;
 
     if (t->have_properties)
         return 0;
 
     t->nv_buffer_max = 512; /* The smallest value seen; replaced by what the TPM reports. */
     t->nv_index_max = 2048;
-    for (size_t g = 0; g < ARRAY_SIZE(groups); g++) {
+    /* One query from the first fixed property on: a TPM lists properties in order, the fixed
+     * group first, then the variable group, so one command usually covers both. */
+    for (int queries = 0; queries < 4 && !have_permanent; queries++) {
         TPMS_CAPABILITY_DATA *data = NULL;
-        int r = get_properties(t, groups[g], TPM2_MAX_TPM_PROPERTIES, &data);
+        TPMI_YES_NO more = TPM2_NO;
+        int r = get_properties(t, next, TPM2_MAX_TPM_PROPERTIES, &more, &data);
         if (r < 0)
             return r;
 
@@ -272,7 +276,7 @@ int tpm_properties_load(struct tpm *t) {
             case TPM2_PT_FIRMWARE_VERSION_2: t->firmware2 = v; break;
             case TPM2_PT_NV_BUFFER_MAX: t->nv_buffer_max = v; break;
             case TPM2_PT_NV_INDEX_MAX: t->nv_index_max = v; break;
-            case TPM2_PT_PERMANENT: t->permanent = v; break;
+            case TPM2_PT_PERMANENT: t->permanent = v; have_permanent = true; break;
             case TPM2_PT_LOCKOUT_COUNTER: t->lockout_counter = v; break;
             case TPM2_PT_MAX_AUTH_FAIL: t->max_auth_fail = v; break;
             case TPM2_PT_LOCKOUT_INTERVAL: t->lockout_interval = v; break;
@@ -280,7 +284,14 @@ int tpm_properties_load(struct tpm *t) {
             default: break;
             }
         }
+        /* Not there yet: continue after the last one listed, or at the variable group. */
+        next = props->count ? props->tpmProperty[props->count - 1].property + 1 : TPM2_PT_VAR;
+        if (!more && next < TPM2_PT_VAR)
+            next = TPM2_PT_VAR;
+        bool exhausted = !more && next > TPM2_PT_VAR + 0x100;
         Esys_Free(data);
+        if (exhausted)
+            break;
     }
     if (t->nv_buffer_max == 0 || t->nv_buffer_max > TPM2_MAX_NV_BUFFER_SIZE)
         t->nv_buffer_max = TPM2_MAX_NV_BUFFER_SIZE;
@@ -369,15 +380,20 @@ int tpm_nv_get(struct tpm *t, TPM2_HANDLE index, ESYS_TR *ret_tr, TPM2B_NV_PUBLI
     return 0;
 }
 
-static uint16_t nv_chunk(struct tpm *t) {
-    if (tpm_properties_load(t) < 0)
-        return 512;
-    return (uint16_t)t->nv_buffer_max;
+/* Bytes per NV command: TPM_PT_NV_BUFFER_MAX once known. Before that, a read tries the
+ * common 1024 first, so the boot fast path needs no GetCapability. */
+static uint16_t nv_chunk(struct tpm *t, bool optimistic) {
+    if (t->have_properties || !optimistic) {
+        if (tpm_properties_load(t) < 0)
+            return 512;
+        return (uint16_t)t->nv_buffer_max;
+    }
+    return 1024;
 }
 
 int tpm_nv_read(struct tpm *t, ESYS_TR index, ESYS_TR auth, uint16_t offset, uint16_t size,
                 uint8_t *ret_data) {
-    uint16_t chunk = nv_chunk(t), done = 0;
+    uint16_t chunk = nv_chunk(t, true), done = 0;
 
     while (done < size) {
         TPM2B_MAX_NV_BUFFER *data = NULL;
@@ -387,6 +403,11 @@ int tpm_nv_read(struct tpm *t, ESYS_TR index, ESYS_TR auth, uint16_t offset, uin
         TPM_CALL(t, rc, "NV_Read",
                  Esys_NV_Read(t->esys, auth, index, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                               n, offset + done, &data));
+        if (rc != TSS2_RC_SUCCESS && !t->have_properties && tpm_rc_base(rc) == TPM2_RC_VALUE) {
+            /* More than this TPM's NV_BUFFER_MAX: learn it and go on in smaller chunks. */
+            chunk = nv_chunk(t, false);
+            continue;
+        }
         if (rc != TSS2_RC_SUCCESS)
             return -tpm_errno(t, rc);
         if (data->size != n) {
@@ -401,7 +422,7 @@ int tpm_nv_read(struct tpm *t, ESYS_TR index, ESYS_TR auth, uint16_t offset, uin
 }
 
 int tpm_nv_write(struct tpm *t, ESYS_TR index, uint16_t offset, const uint8_t *data, size_t size) {
-    uint16_t chunk = nv_chunk(t);
+    uint16_t chunk = nv_chunk(t, false);
     size_t done = 0;
 
     while (done < size) {

@@ -30,6 +30,7 @@ struct tpm {
     uint32_t lockout_counter, max_auth_fail, lockout_interval, lockout_recovery;
 
     bool unusable_reported;
+    bool startup_sent;
     bool failure_contradicted; /* answered FAILURE, but GetTestResult says all is well */
 
     /* The last command's answer, for the one log line that reports a failure. */
@@ -76,7 +77,8 @@ int tpm_errno(const struct tpm *t, TSS2_RC rc);
 /* "<command> returned 0x9a2 (<decoded>)" for the last command sent through TPM_CALL. */
 const char *tpm_last_error(struct tpm *t);
 
-/* Reads the fixed and variable TPM properties the agent uses into t (2-4 commands). */
+/* Reads the fixed and variable TPM properties the agent uses into t, once (usually one
+ * GetCapability). Commands that need them call it; the boot fast path does not. */
 int tpm_properties_load(struct tpm *t);
 
 /*
