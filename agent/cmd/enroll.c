@@ -490,6 +490,11 @@ static int read_connection_string(const struct options *o, struct dps_connection
                                    CONNECTION_STRING_CREDENTIAL);
         path = cred;
     }
+    /* The value itself given as the option: say so without repeating it in the log. */
+    if (strcasestr(path, "SharedAccessKey") || strchr(path, ';'))
+        return log_error_errno(EINVAL, "--connection-string-file takes the name of a file, not "
+                               "the connection string itself, which must never be on a command "
+                               "line (it shows in ps and in shell history).");
     r = secret_read_file(path, CONNECTION_STRING_MAX, (uint8_t *)buf, &len);
     if (r < 0)
         return log_error_errno(r, "Cannot read the connection string from %s: %m", path);
