@@ -779,6 +779,9 @@ int cmd_register(const struct options *o) {
         log_info("Already provisioned: hub %s, device %s. No request sent.", g.state.record.hub,
                  g.state.record.device_id);
         r = cmd_write_handoff(&g.state.record);
+        /* A Type=notify unit counts an exit 0 without READY=1 as a protocol failure. */
+        if (r == 0)
+            sd_notify(0, "READY=1\nSTATUS=Already provisioned");
         goto out;
     }
     nvstate_done(g.t, &g.state);

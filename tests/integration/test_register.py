@@ -249,6 +249,40 @@ def test_second_register_sends_nothing_writes_nothing_and_rewrites_the_handoff(d
     assert_no_leftovers(tpm)
 
 
+def notify_messages(device, *args):
+    """Runs `register` as systemd runs a Type=notify unit, with NOTIFY_SOCKET pointing at a
+    datagram socket of the test's; returns the messages it received."""
+    path = os.path.join(device.workdir, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    try:
+        register(device, *args, check=0, env={"NOTIFY_SOCKET": path})
+        sock.setblocking(False)
+        messages = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return messages
+    finally:
+        sock.close()
+        os.unlink(path)
+
+
+def test_register_tells_a_notify_unit_ready_after_registering_and_on_the_fast_path(device):
+    # A Type=notify unit whose process exits 0 without READY=1 fails with Result=protocol
+    # and is restarted: both the registering run and the boot fast path must send it.
+    first = notify_messages(device)
+    assert any("STATUS=Registering with DPS" in m for m in first), first
+    assert any("READY=1" in m.split("\n") for m in first), first
+
+    device.emu.clear_log()
+    later = notify_messages(device)
+    assert device.emu.log() == []
+    assert [m for m in later if "READY=1" in m.split("\n")], later
+    assert any("STATUS=Already provisioned" in m for m in later), later
+
+
 # -- 3. --force ------------------------------------------------------------------------------
 
 def test_register_force_replaces_the_hub_key(device):
