@@ -718,6 +718,57 @@ def test_b31_malformed_proxy_url_is_a_configuration_error(dev):
 LONG_BASE64 = re.compile(r"[A-Za-z0-9+/]{60,}={0,2}")
 
 
+# ------------------------------------------------------------------------------------ B27
+
+
+def test_b27_bundle_with_only_the_old_root_is_a_trust_error_old_plus_new_provisions(dev):
+    """A DPS that moved its certificate to a new root (the emulator's CA plays DigiCert
+    Global Root G2) and a device bundle pinned to the old root (another CA plays Baltimore):
+    one trust error naming CABundle, no retry as if the network had blipped, exit 2 so the
+    unit does not restart; then a bundle carrying both roots provisions."""
+    emu = dev.emu
+    old_root = os.path.join(emu.state_dir, "other-ca.pem")
+    dev.write_config(provisioning={"CABundle": old_root, "TimeoutSec": "60"})
+
+    t0 = time.monotonic()
+    res = dev.run("register")
+    elapsed = time.monotonic() - t0
+
+    assert res.returncode == 2, res.stderr
+    assert "not trusted" in res.stderr and old_root in res.stderr, res.stderr
+    assert "trying again" not in res.stderr
+    assert elapsed < 5
+    assert device_log(emu) == []
+    assert record(dev)["state"] == "owned"
+
+    both = os.path.join(dev.workdir, "old-and-new-roots.pem")
+    with open(both, "w") as out:
+        for path in (old_root, emu.ca):
+            with open(path) as f:
+                out.write(f.read())
+    dev.write_config(provisioning={"CABundle": both})
+
+    res = dev.run("register")
+
+    assert res.returncode == 0, res.stderr
+    assert record(dev)["state"] == "assigned"
+    assert dev.hub_check() == 200
+
+
+def test_b27_default_bundle_carries_the_current_azure_roots():
+    """With no CABundle= the agent uses the system bundle (libcurl's default, and what the
+    dracut module and the initramfs-tools hook copy into the initrd). On Debian 12 that
+    bundle must hold the roots Azure's DPS and hubs chain to since the 2023 migration."""
+    from cryptography import x509
+    path = "/etc/ssl/certs/ca-certificates.crt"
+    with open(path, "rb") as f:
+        pems = f.read().split(b"-----END CERTIFICATE-----")
+    subjects = {x509.load_pem_x509_certificate(p + b"-----END CERTIFICATE-----\n")
+                .subject.rfc4514_string() for p in pems if b"BEGIN CERTIFICATE" in p}
+    for cn in ("DigiCert Global Root G2", "Microsoft RSA Root Certificate Authority 2017"):
+        assert any("CN=" + cn in s for s in subjects), cn + " missing from " + path
+
+
 def _forms(raw):
     b64 = base64.b64encode(raw).decode()
     return {raw.hex(), raw.hex().upper(), b64, b64.rstrip("="),
