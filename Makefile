@@ -44,7 +44,7 @@ LIB_OBJS    := $(filter-out $(BUILD)/obj/agent/main.o,$(AGENT_OBJS))
 UNIT_SRCS   := $(wildcard tests/unit/test-*.c)
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all check check-unit check-integration demo deps install clean format fuzz
+.PHONY: all check check-unit check-integration check-power-cut demo deps install clean format fuzz
 
 all: $(BUILD)/tpm-provision
 
@@ -79,6 +79,11 @@ unit-bins: $(UNIT_BINS)
 
 check-unit: unit-bins
 	@tests/run-tests.sh --unit-only
+
+# A power cut and a killed agent at every TPM command of a first boot (tests/power-cut).
+check-power-cut: deps
+	@$(MAKE) --no-print-directory all
+	@tests/power-cut/run.sh
 
 # libFuzzer targets for everything parsed from outside; FUZZ_SECONDS per target (default 30).
 fuzz:
