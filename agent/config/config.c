@@ -93,7 +93,7 @@ static const struct key keys[] = {
     NUM_KEY("Provisioning", "SasTokenLifetimeSec", NULL, VALUE_SECONDS, sas_ttl_sec, 3600, 60,
             86400),
 
-    TEXT_KEY("TPM", "TCTI", "tcti", "TPM_PROVISION_TCTI", VALUE_TEXT, tcti, TPM_DEFAULT_TCTI),
+    TEXT_KEY("TPM", "TCTI", "tcti", "TPM_PROVISION_TCTI", VALUE_TEXT, tcti, NULL),
     NUM_KEY("TPM", "EKHandle", NULL, VALUE_HANDLE, ek_handle, EK_DEFAULT_HANDLE, 0x81000000,
             0x81ffffff),
     NUM_KEY("TPM", "SRKHandle", NULL, VALUE_HANDLE, srk_handle, SRK_DEFAULT_HANDLE, 0x81000000,

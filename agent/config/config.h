@@ -56,7 +56,7 @@ struct config {
     uint32_t sas_ttl_sec;         /* SasTokenLifetimeSec= default 3600, 60..86400 */
 
     /* [TPM] */
-    char *tcti;                  /* TCTI=; cmdline tcti, env TPM_PROVISION_TCTI */
+    char *tcti;                  /* TCTI=; cmdline tcti, env TPM_PROVISION_TCTI; NULL: default */
     uint32_t ek_handle;          /* EKHandle= default 0x81010001, 0x81000000..0x81ffffff */
     uint32_t srk_handle;         /* SRKHandle= default 0x81000001, same range */
     uint32_t identity_handle;    /* IdentityHandle= default 0x81000100, same range */
@@ -67,8 +67,8 @@ struct config {
 };
 
 /*
- * Fills c with the built-in defaults (strings NULL except endpoint, api_version, tcti, which
- * are allocated). Whatever c held before is overwritten, not freed. Returns -ENOMEM (with c
+ * Fills c with the built-in defaults (strings NULL except endpoint and api_version, which are
+ * allocated; tcti NULL means the default device, see tpm_open). Whatever c held before is overwritten, not freed. Returns -ENOMEM (with c
  * left empty, safe for config_done) when the defaults cannot be allocated.
  */
 int config_init(struct config *c);

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 #include "tpm.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -19,6 +22,7 @@
 #define TPM_TRANSIENT_BUDGET_MS 30000
 #define TPM_TRANSIENT_FIRST_DELAY_MS 20
 #define TPM_TRANSIENT_MAX_DELAY_MS 2000
+#define TPM_MEMORY_RETRY_DELAY_MS 200
 
 static void sleep_ms(unsigned ms) {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
@@ -106,6 +110,22 @@ bool tpm_check_answer(struct tpm *t, TSS2_RC rc, unsigned attempt, const char *w
         report_unusable(t, rc, what);
         return false;
     }
+    /* A TPM holds only a few objects and sessions. Under the kernel's resource manager that
+     * is never ours to see; on a raw /dev/tpmN, objects other programs left fill the slots
+     * (field case B16). One more try after a pause, in which their command may end and
+     * flush, then a clear error. */
+    if (tpm_rc_base(rc) == TPM2_RC_OBJECT_MEMORY || tpm_rc_base(rc) == TPM2_RC_SESSION_MEMORY) {
+        if (attempt == 0) {
+            log_debug("%s: the TPM has no room (0x%x); trying once more.", what, rc);
+            sleep_ms(TPM_MEMORY_RETRY_DELAY_MS);
+            return true;
+        }
+        log_warning("The TPM has no room for another %s (%s answered 0x%x). Without a resource "
+                    "manager, objects other programs left fill its few slots: use /dev/tpmrm0, "
+                    "or flush them with tpm2_flushcontext.",
+                    tpm_rc_base(rc) == TPM2_RC_OBJECT_MEMORY ? "object" : "session", what, rc);
+        return false;
+    }
     if (!tpm_rc_is_transient(rc))
         return false;
 
@@ -121,41 +141,115 @@ bool tpm_check_answer(struct tpm *t, TSS2_RC rc, unsigned attempt, const char *w
     return true;
 }
 
-/* For a device TCTI, says exactly what is wrong with the node before the TCTI tries to open it
- * (field cases B13 and B14): missing, a TPM 1.2, or not accessible to this user. */
-static int check_device_node(const char *conf) {
-    const char *path = "/dev/tpm0";
-    char sysfs[256];
-    struct stat st;
+/* N of /dev/tpmN or /dev/tpmrmN, or -1 for another name. */
+static int node_number(const char *path) {
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    const char *num = strncmp(base, "tpmrm", 5) == 0 ? base + 5
+                      : strncmp(base, "tpm", 3) == 0  ? base + 3
+                                                      : NULL;
+    char *end;
+    long n;
+
+    if (!num || !*num)
+        return -1;
+    n = strtol(num, &end, 10);
+    return *end || n < 0 || n > 999 ? -1 : (int)n;
+}
+
+/* The major version sysfs reports for TPM N (1 or 2), 0 when it says nothing. */
+static int sysfs_version(int n) {
+    char path[64];
     FILE *f;
     int major = 0;
 
+    snprintf(path, sizeof(path), "/sys/class/tpm/tpm%d/tpm_version_major", n);
+    f = fopen(path, "re");
+    if (!f)
+        return 0;
+    if (fscanf(f, "%d", &major) != 1)
+        major = 0;
+    fclose(f);
+    return major;
+}
+
+/*
+ * With the default node absent, the TPM may carry another number (a firmware TPM and a
+ * software one, or a second chip: field case B14). Looks through /sys/class/tpm for TPMs of
+ * major version 2 with a resource manager node. Returns how many there are (the first one's
+ * node in ret) and how many TPM 1.2 there are in *ret_v1.
+ */
+static int find_tpm2_nodes(char *ret, size_t size, int *ret_v1) {
+    DIR *d = opendir("/sys/class/tpm");
+    struct dirent *de;
+    int found = 0;
+
+    *ret_v1 = 0;
+    if (!d)
+        return 0;
+    while ((de = readdir(d))) {
+        char node[32];
+        int n = strncmp(de->d_name, "tpmrm", 5) == 0 ? -1 : node_number(de->d_name);
+        int v = n < 0 ? 0 : sysfs_version(n);
+
+        if (v == 1)
+            (*ret_v1)++;
+        if (v != 2)
+            continue;
+        snprintf(node, sizeof(node), "/dev/tpmrm%d", n);
+        if (access(node, F_OK) < 0)
+            continue;
+        if (found++ == 0)
+            snprintf(ret, size, "%s", node);
+    }
+    closedir(d);
+    return found;
+}
+
+/*
+ * For a device TCTI, says exactly what is wrong with the node before the TCTI tries to open it
+ * (field cases B13 and B14): missing, a TPM 1.2, or not accessible to this user. When the
+ * default node (is_default: no TCTI was configured) is missing and exactly one other TPM 2.0
+ * node exists, writes its TCTI to alt_conf (else leaves it empty).
+ */
+static int check_device_node(const char *conf, bool is_default, char *alt_conf,
+                             size_t alt_size) {
+    const char *path = "/dev/tpm0";
+    char other[32];
+    struct stat st;
+    int n, v1 = 0;
+
+    alt_conf[0] = '\0';
     if (strcmp(conf, "device") != 0 && strncmp(conf, "device:", 7) != 0)
         return 0;
     if (conf[6] == ':' && conf[7])
         path = conf + 7;
 
     if (stat(path, &st) < 0) {
-        if (errno == ENOENT)
+        if (errno != ENOENT)
+            return log_error_errno(errno, "Cannot examine TPM device %s: %m", path);
+        n = is_default ? find_tpm2_nodes(other, sizeof(other), &v1) : 0;
+        if (n > 1)
+            return log_error_errno(ENODEV, "%s does not exist, and this machine has %d TPM 2.0 "
+                                   "devices (one is %s). Choose one with --tcti=device:/dev/tpmrmN.",
+                                   path, n, other);
+        if (n == 0 && v1 > 0)
+            return log_error_errno(ENODEV, "No TPM 2.0 device: %s does not exist and this "
+                                   "machine has only a TPM 1.2; tpm-provision needs a TPM 2.0.",
+                                   path);
+        if (n == 0)
             return log_error_errno(ENODEV, "No TPM 2.0 device: %s does not exist.", path);
-        return log_error_errno(errno, "Cannot examine TPM device %s: %m", path);
+        log_notice("%s does not exist; using %s, this machine's TPM 2.0.", path, other);
+        snprintf(alt_conf, alt_size, "device:%s", other);
+        path = alt_conf + 7;
+        if (stat(path, &st) < 0)
+            return log_error_errno(errno, "Cannot examine TPM device %s: %m", path);
     }
 
     /* /dev/tpmrmN belongs to /sys/class/tpm/tpmN; a TPM 1.2 has no resource manager node and
      * its raw node reports major version 1. */
-    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    const char *num = strncmp(base, "tpmrm", 5) == 0 ? base + 5 : strncmp(base, "tpm", 3) == 0 ? base + 3 : NULL;
-    if (num) {
-        snprintf(sysfs, sizeof(sysfs), "/sys/class/tpm/tpm%s/tpm_version_major", num);
-        f = fopen(sysfs, "re");
-        if (f) {
-            if (fscanf(f, "%d", &major) != 1)
-                major = 0;
-            fclose(f);
-        }
-        if (major == 1)
-            return log_error_errno(ENODEV, "%s is a TPM 1.2; tpm-provision needs a TPM 2.0.", path);
-    }
+    n = node_number(path);
+    if (n >= 0 && sysfs_version(n) == 1)
+        return log_error_errno(ENODEV, "%s is a TPM 1.2; tpm-provision needs a TPM 2.0.", path);
 
     if (access(path, R_OK | W_OK) < 0) {
         int r = -errno;
@@ -174,14 +268,40 @@ static int check_device_node(const char *conf) {
     return 0;
 }
 
+/* The TCTI could not open a device node that exists: a raw /dev/tpmN is exclusive, and
+ * tpm2-abrmd keeps it open (field case B16). Says so instead of a bare I/O error. */
+static int explain_open_failure(const char *conf, TSS2_RC rc) {
+    const char *path = strncmp(conf, "device:", 7) == 0 && conf[7] ? conf + 7 : NULL;
+    int fd;
+
+    if (path) {
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+        if (fd >= 0)
+            close(fd);
+        else if (errno == EBUSY)
+            return log_error_errno(EBUSY, "TPM device %s is busy: another program (for example "
+                                   "tpm2-abrmd) holds it open. Use the kernel's resource manager "
+                                   "node, --tcti=device:/dev/tpmrm%d, which many programs can "
+                                   "share.", path, node_number(path) < 0 ? 0 : node_number(path));
+    }
+    return log_error_errno(ENODEV, "Cannot open the TPM through TCTI '%s': %s", conf,
+                           tpm_rc_str(rc));
+}
+
 int tpm_open(const char *tcti_conf, struct tpm **ret) {
     _cleanup_(tpm_closep) struct tpm *t = NULL;
+    bool is_default = !tcti_conf;
+    char alt_conf[48];
     TSS2_RC rc;
     int r;
 
-    r = check_device_node(tcti_conf);
+    if (is_default)
+        tcti_conf = TPM_DEFAULT_TCTI;
+    r = check_device_node(tcti_conf, is_default, alt_conf, sizeof(alt_conf));
     if (r < 0)
         return r;
+    if (alt_conf[0])
+        tcti_conf = alt_conf;
 
     t = calloc(1, sizeof(*t));
     if (!t)
@@ -195,8 +315,7 @@ int tpm_open(const char *tcti_conf, struct tpm **ret) {
     rc = Tss2_TctiLdr_Initialize(tcti_conf, &t->tcti);
     if (rc != TSS2_RC_SUCCESS) {
         t->tcti = NULL;
-        return log_error_errno(ENODEV, "Cannot open the TPM through TCTI '%s': %s", tcti_conf,
-                               tpm_rc_str(rc));
+        return explain_open_failure(tcti_conf, rc);
     }
 
     rc = Esys_Initialize(&t->esys, t->tcti, NULL);

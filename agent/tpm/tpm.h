@@ -41,8 +41,10 @@ struct tpm {
 
 /*
  * Opens the TPM named by a TCTI configuration string ("device:/dev/tpmrm0",
- * "swtpm:path=/run/x.sock"). A TPM device node that is missing, refuses access or is a TPM 1.2
- * gets a specific error (-ENODEV, -EACCES) that names the node. Logs its own failure.
+ * "swtpm:path=/run/x.sock"), or by default (NULL) TPM_DEFAULT_TCTI, or when that node is
+ * missing the one other TPM 2.0 resource manager node the machine has. A TPM device node that
+ * is missing, refuses access or is a TPM 1.2 gets a specific error (-ENODEV, -EACCES) that
+ * names the node. Logs its own failure.
  */
 int tpm_open(const char *tcti_conf, struct tpm **ret);
 void tpm_close(struct tpm *t);
