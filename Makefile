@@ -44,7 +44,8 @@ LIB_OBJS    := $(filter-out $(BUILD)/obj/agent/main.o,$(AGENT_OBJS))
 UNIT_SRCS   := $(wildcard tests/unit/test-*.c)
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all check check-unit check-integration check-power-cut demo deps install clean format fuzz
+.PHONY: all check check-unit check-integration check-power-cut check-sanitize check-valgrind coverage \
+        demo deps install clean format fuzz
 
 all: $(BUILD)/tpm-provision
 
@@ -84,6 +85,17 @@ check-unit: unit-bins
 check-power-cut: deps
 	@$(MAKE) --no-print-directory all
 	@tests/power-cut/run.sh
+
+# The unit and integration tests against an ASan/LSan/UBSan build (build/asan); the main
+# flows under valgrind; line coverage of agent/ by the tests (build/cov, docs/coverage.md).
+check-sanitize: deps
+	@tests/sanitize/run.sh
+
+check-valgrind: deps
+	@tests/valgrind/run.sh
+
+coverage: deps
+	@tests/coverage/run.sh
 
 # libFuzzer targets for everything parsed from outside; FUZZ_SECONDS per target (default 30).
 fuzz:

@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="build-essential pkg-config libtss2-dev libsystemd-dev libssl-dev libcurl4-openssl-dev
 libjson-c-dev libcmocka-dev swtpm swtpm-tools tpm2-tools openssl python3-cryptography
-python3-pytest faketime clang libclang-rt-14-dev"
+python3-pytest faketime clang libclang-rt-14-dev valgrind"
 
 missing=""
 for p in $PACKAGES; do
