@@ -157,3 +157,17 @@ install-boot: boot-files
 # qemu boots of a Debian 12 kernel and root file system with swtpm and the DPS emulator.
 check-boot: all boot-files
 	@tests/boot/run.sh
+
+# ---- Packaging: Debian packages, the arm64 cross build and their checks (packaging/) ----
+# `make deb` leaves the .debs in build/deb/; `make check-packaging` builds them, lints them,
+# installs them into Debian 12 roots and cross builds for arm64 (tests/packaging/run.sh).
+.PHONY: deb cross-check-arm64 check-packaging
+
+deb:
+	@packaging/build-deb.sh
+
+cross-check-arm64:
+	@tests/packaging/cross-arm64.sh
+
+check-packaging:
+	@tests/packaging/run.sh
