@@ -172,6 +172,8 @@ static int journal_line(struct job *j, const char *line, size_t len, unsigned li
 static void journal_compact(struct job *j) {
     size_t k = 0;
 
+    if (j->n_journal == 0) /* no journal yet: qsort must not see its NULL array */
+        return;
     qsort(j->journal, j->n_journal, sizeof(*j->journal), journal_compare);
     for (size_t i = 0; i < j->n_journal; i++) {
         if (i + 1 < j->n_journal &&

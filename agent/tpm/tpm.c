@@ -563,7 +563,8 @@ int tpm_nv_write(struct tpm *t, ESYS_TR index, uint16_t offset, const uint8_t *d
 void tpm_set_hierarchy_auth(struct tpm *t, ESYS_TR hierarchy, const uint8_t *value, size_t size) {
     TPM2B_AUTH auth = {.size = (uint16_t)size};
 
-    memcpy(auth.buffer, value, size);
+    if (size) /* an empty value may come as NULL; memcpy must not see it */
+        memcpy(auth.buffer, value, size);
     Esys_TR_SetAuth(t->esys, hierarchy, &auth);
     secure_zero(&auth, sizeof(auth));
 }
