@@ -3,7 +3,9 @@
 #   1. unit tests (cmocka binaries in build/tests/),
 #   2. integration tests of the real binary against swtpm (pytest, tests/integration),
 #   3. the DPS emulator's own tests (pytest, tests/emulator).
-# --unit-only stops after the first tier. Exit status 0 only when nothing failed.
+# --unit-only stops after the first tier; SUITES= chooses the pytest tiers. BUILD= and
+# TPM_PROVISION_BIN= choose the binaries (tests/sanitize uses both). Exit status 0 only when
+# nothing failed.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -27,7 +29,7 @@ for t in "$BUILD"/tests/test-*; do
 done
 
 if [ "${1:-}" != "--unit-only" ]; then
-    for suite in tests/integration tests/emulator; do
+    for suite in ${SUITES:-tests/integration tests/emulator}; do
         ls "$suite"/test_*.py >/dev/null 2>&1 || continue
         echo "== $suite"
         xml="$BUILD/$(basename "$suite")-results.xml"
