@@ -26,6 +26,8 @@ for src in agent/*.c agent/*/*.c; do
 done
 
 status=0
+passed=0
+failed=0
 for src in tests/fuzz/fuzz-*.c; do
     name=$(basename "$src" .c)
     name=${name#fuzz-}
@@ -38,10 +40,13 @@ for src in tests/fuzz/fuzz-*.c; do
         -print_final_stats=1 "$OUT/corpus-$name" "tests/fuzz/corpus/$name" >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
         echo "fuzz $name: ${runs:-?} executions in ${SECONDS_EACH} s, no crash"
+        passed=$((passed + 1))
     else
         echo "fuzz $name: FAILED, see $log"
         tail -30 "$log"
         status=1
+        failed=$((failed + 1))
     fi
 done
+echo "$passed passed, $failed failed"
 exit $status
