@@ -1,16 +1,20 @@
 """What the boot tests boot, built once and cached (tests/boot/README.md):
 
     kernel   Debian 12's linux-image deb (apt-get download + dpkg -x), keyed by its file name
-    base     a debootstrap'ed Debian 12 root with the agent's runtime libraries, dracut-core and
-             initramfs-tools-core, the kernel's modules, keyed by everything that goes into it
-    image    the base plus `make install DESTDIR=...`, the test configuration and the DPS
-             emulator's CA, an initrd from the project's dracut module and one from its
-             initramfs-tools hook (both built inside the chroot), and an ext4 disk image;
-             keyed by the content of every input file
+    base     a debootstrap'ed Debian 12 root (systemd, udev, busybox, ca-certificates) with the
+             kernel's modules and the mirror's package lists, keyed by everything that goes
+             into it
+    image    the base plus the project's Debian packages from `make deb` (tpm-provision,
+             tpm-provision-dracut, tpm-provision-initramfs-tools), installed with apt-get,
+             which takes their dependencies from the mirror; a configuration drop-in and the
+             DPS emulator's CA; an initrd from the packaged dracut module and one from the
+             packaged initramfs-tools hook (both built inside the chroot), and an ext4 disk
+             image; keyed by the content of the .debs, this recipe, the base, the CA and scope
 
 Every build step runs as root: debootstrap, chroot, mount. Nothing is installed on the host
-but what tests/boot/deps.sh lists: dracut and initramfs-tools conflict, so both run only in
-the chroot.
+but what tests/boot/deps.sh lists. Debian's dracut package conflicts with initramfs-tools, but
+tpm-provision-dracut depends only on dracut-core, which does not: all three packages install
+into one root, and both initrds are built from it.
 """
 import glob
 import hashlib
@@ -23,13 +27,19 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SUITE = "bookworm"
-# The runtime libraries of build/tpm-provision, plus what the images are built with.
+# The base system. The agent's libraries, tpm-udev, dracut-core and initramfs-tools come with
+# the project's packages (their Depends), so a dependency missing there shows in the boot.
+# busybox is a Recommends of initramfs-tools-core, which apt-get --no-install-recommends skips.
 PACKAGES = [
-    "systemd", "systemd-sysv", "udev", "kmod", "cpio", "busybox", "dracut-core",
-    "initramfs-tools-core", "libtss2-esys-3.0.2-0", "libtss2-tcti-device0", "libtss2-mu0",
-    "libtss2-rc0", "libtss2-tctildr0", "libcurl4", "libjson-c5", "libsystemd0",
-    "ca-certificates",
+    "systemd", "systemd-sysv", "udev", "kmod", "cpio", "busybox", "ca-certificates",
 ]
+# The binary packages of `make deb` the image is made from (build/deb/NAME_VERSION_ARCH.deb).
+DEB_PACKAGES = ["tpm-provision", "tpm-provision-dracut", "tpm-provision-initramfs-tools"]
+DEB_DIR = os.path.join(ROOT, "build", "deb")
+# The test's settings, as an image builder adds them: a drop-in next to the shipped conffile
+# (tpm-provision.conf(5)), which stays as the package installed it.
+DROPIN = "etc/tpm-provision/tpm-provision.conf.d/50-boot-test.conf"
+DPS_CA = "etc/tpm-provision/dps-ca.pem"
 # Module trees the VM does not need; dropping them keeps the disk image small.
 PRUNE_MODULES = [
     "drivers/gpu", "drivers/media", "drivers/net/wireless", "drivers/net/ethernet",
@@ -42,7 +52,7 @@ PRUNE_MODULES = [
 DRACUT_MODULES = ("systemd systemd-initrd dracut-systemd udev-rules base fs-lib rootfs-block "
                   "kernel-modules tpm-provision")
 DRACUT_DRIVERS = "virtio_blk virtio_pci ext4"
-BASE_VERSION = "2"      # bump when the base recipe below changes in a way no key sees
+BASE_VERSION = "3"      # bump when the base recipe below changes in a way no key sees
 DPS_NAME = "emulated-dps.azure-devices-provisioning.net"
 DPS_GUEST_IP = "10.0.2.100"
 
@@ -143,21 +153,38 @@ def kernel(cache):
 class Chroot:
     """proc, sys and dev mounted in a root for the commands run inside; unmounted on exit."""
 
-    def __init__(self, root):
+    def __init__(self, root, archives=None):
         self.root = root
+        self.archives = archives
         self.mounts = []
 
     def __enter__(self):
-        for src, dst, args in (("proc", "proc", ["-t", "proc"]), ("sys", "sys", ["-t", "sysfs"]),
-                               ("/dev", "dev", ["--bind"])):
-            path = os.path.join(self.root, dst)
-            run(["mount", *args, src, path])
-            self.mounts.append(path)
+        binds = [("proc", "proc", ["-t", "proc"]), ("sys", "sys", ["-t", "sysfs"]),
+                 ("/dev", "dev", ["--bind"])]
+        if self.archives:
+            # apt's downloads, kept in the cache so that an image rebuild fetches nothing
+            # the mirror has not changed.
+            os.makedirs(os.path.join(self.archives, "partial"), exist_ok=True)
+            binds.append((self.archives, "var/cache/apt/archives", ["--bind"]))
+        try:
+            for src, dst, args in binds:
+                path = os.path.join(self.root, dst)
+                os.makedirs(path, exist_ok=True)
+                run(["mount", *args, src, path])
+                self.mounts.append(path)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def run(self, *cmd, **kw):
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
+               "DEBIAN_FRONTEND": "noninteractive"}
         return run(["chroot", self.root, *cmd], env=env, **kw)
+
+    def apt(self, *args, **kw):
+        # As root: apt's _apt user cannot write the archive directory bound from the cache.
+        return self.run("apt-get", "-q", "-y", "-o", "APT::Sandbox::User=root", *args, **kw)
 
     def __exit__(self, *exc):
         for path in reversed(self.mounts):
@@ -229,19 +256,60 @@ def base_root(cache, deb, kver):
     return key, root
 
 
-def image_inputs():
-    """Every file the image is made from, for its key."""
-    pats = ["build/tpm-provision", "Makefile", "units/*", "udev/*", "initramfs/*/*",
-            "initramfs/*/*/*", "initramfs/*/*/*/*", "tests/boot/bootimage.py"]
-    files = set()
-    for p in pats:
-        files.update(f for f in glob.glob(os.path.join(ROOT, p)) if os.path.isfile(f))
-    return sorted(files)
+def make_debs():
+    """`make deb` (packaging/build-deb.sh), then the three packages the image is made from, as
+    {file name: content}. Read at once, so that a later `make deb` cannot change them under
+    the image build. The packages build reproducibly (SOURCE_DATE_EPOCH from the changelog), so
+    an unchanged tree gives the same bytes and the cached image."""
+    t = time.monotonic()
+    res = run(["make", "--no-print-directory", "-C", ROOT, "deb"], capture_output=True,
+              text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError("make deb failed (exit %d):\n%s%s"
+                           % (res.returncode, res.stdout[-3000:], res.stderr[-3000:]))
+    debs = {}
+    for name in DEB_PACKAGES:
+        found = sorted(glob.glob(os.path.join(DEB_DIR, name + "_*_*.deb")))
+        if len(found) != 1:
+            raise RuntimeError("make deb left %d files for %s in %s: %s"
+                               % (len(found), name, DEB_DIR, found))
+        with open(found[0], "rb") as f:
+            debs[os.path.basename(found[0])] = f.read()
+    log("make deb took %.0f s: %s" % (time.monotonic() - t, " ".join(sorted(debs))))
+    return debs
+
+
+def debs_digest(debs):
+    """The packages by name and content, for the image's key."""
+    h = hashlib.sha256()
+    for name in sorted(debs):
+        h.update(name.encode() + b"\0" + hashlib.sha256(debs[name]).digest())
+    return h.hexdigest()[:16]
 
 
 def agent_config(scope):
-    return ("[Provisioning]\nIdScope=%s\nGlobalEndpoint=https://%s\n"
-            "CABundle=/etc/tpm-provision/dps-ca.pem\n" % (scope, DPS_NAME))
+    return ("# tests/boot: the boot test's DPS emulator (tests/boot/bootimage.py).\n"
+            "[Provisioning]\nIdScope=%s\nGlobalEndpoint=https://%s\nCABundle=/%s\n"
+            % (scope, DPS_NAME, DPS_CA))
+
+
+def install_debs(c, debs, log_path):
+    """apt-get install of the local .debs in the chroot; apt takes their dependencies from the
+    base's package lists and the mirror. When those lists are older than the mirror (a
+    point release), they are fetched again and the install is tried once more."""
+    names = []
+    os.makedirs(os.path.join(c.root, "tmp", "debs"), exist_ok=True)
+    for name, data in sorted(debs.items()):
+        with open(os.path.join(c.root, "tmp", "debs", name), "wb") as f:
+            f.write(data)
+        names.append("/tmp/debs/" + name)
+    with open(log_path, "w") as out:
+        args = ["install", "--no-install-recommends", *names]
+        if c.apt(*args, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
+            log("apt-get install failed; updating the root's package lists and trying again")
+            c.apt("update", stdout=out, stderr=subprocess.STDOUT)
+            c.apt(*args, stdout=out, stderr=subprocess.STDOUT)
+    shutil.rmtree(os.path.join(c.root, "tmp", "debs"))
 
 
 class Image:
@@ -263,11 +331,15 @@ class Image:
 def build(dps_ca, scope):
     """The image for the current tree; cached by the content of its inputs."""
     cache = cache_dir()
+    debs = make_debs()
     deb, kver, vmlinuz = kernel(cache)
     base_key, base = base_root(cache, deb, kver)
     with open(dps_ca, "rb") as f:
         ca = f.read()
-    key = sha(base_key, file_digest(image_inputs()), ca, scope)
+    # The .debs carry everything of the project's that reaches the image; this recipe decides
+    # what is done with them.
+    recipe = file_digest([os.path.join(HERE, "bootimage.py")])
+    key = sha(base_key, debs_digest(debs), recipe, ca, scope)
     d = os.path.join(cache, "image-" + key)
     img = Image(d, kver, vmlinuz)
     if os.path.exists(os.path.join(d, "complete")):
@@ -279,11 +351,21 @@ def build(dps_ca, scope):
     t = time.monotonic()
     root = os.path.join(d, "root")
     run(["cp", "-a", "--reflink=auto", base, root])
-    run(["make", "-s", "-C", ROOT, "install", "DESTDIR=" + root], stdout=subprocess.DEVNULL)
-    _write(os.path.join(root, "etc", "tpm-provision", "tpm-provision.conf"), agent_config(scope))
-    _write(os.path.join(root, "etc", "tpm-provision", "dps-ca.pem"), ca.decode())
 
-    with Chroot(root) as c:
+    with Chroot(root, archives=os.path.join(cache, "archives")) as c:
+        install_debs(c, debs, os.path.join(d, "apt.log"))
+        # The configuration goes in a drop-in; the shipped conffile stays untouched, which
+        # dpkg --verify confirms for every file of the three packages.
+        _write(os.path.join(root, DROPIN), agent_config(scope))
+        _write(os.path.join(root, DPS_CA), ca.decode())
+        changed = c.run("dpkg", "--verify", *DEB_PACKAGES, capture_output=True, text=True,
+                        check=False)
+        if changed.returncode != 0 or changed.stdout.strip():
+            raise RuntimeError("dpkg --verify: the installed packages differ from the .debs:\n"
+                               + changed.stdout + changed.stderr)
+        # The units the test checks are the packages' files.
+        for u in UNITS:
+            c.run("dpkg-query", "-S", "/" + u, stdout=subprocess.DEVNULL)
         c.run("dracut", "--no-hostonly", "--force", "--kver", kver, "-m", DRACUT_MODULES,
               "--drivers", DRACUT_DRIVERS, "/boot/initrd-dracut.img",
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -295,6 +377,11 @@ def build(dps_ca, scope):
             c.run("lsinitramfs", "/boot/initrd-initramfs-tools.img", stdout=out)
     for name in ("initrd-dracut.img", "initrd-initramfs-tools.img"):
         shutil.move(os.path.join(root, "boot", name), os.path.join(d, name))
+    # apt's lists stay in the base for the next build; the guest never runs apt.
+    for p in glob.glob(os.path.join(root, "var", "lib", "apt", "lists", "*")) + glob.glob(
+            os.path.join(root, "var", "cache", "apt", "*.bin")):
+        if os.path.isfile(p):
+            os.unlink(p)
     record_unit_checks(root, img)
 
     # The disk: ext4 made straight from the directory (mke2fs -d), no loop device.
@@ -308,6 +395,8 @@ def build(dps_ca, scope):
     return img
 
 
+# Where the packages install the units: dh_installsystemd puts tpm-provision's in
+# /lib/systemd/system (bookworm), tpm-provision-dracut ships the initrd's in its module.
 UNITS = [
     "lib/systemd/system/tpm-provision-tpm.service",
     "lib/systemd/system/tpm-provision-register.service",
