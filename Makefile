@@ -101,6 +101,14 @@ coverage: deps
 fuzz:
 	@tests/fuzz/run.sh
 
+# Benchmarks (bench/): TPM commands and times, HTTP requests and TLS handshakes, footprint,
+# a fleet against a rate-limited DPS; writes bench/RESULTS.md. `bench/run.py PART` measures
+# one part again; BENCH_RUNS, FLEET_DEVICES, FLEET_RATE change the defaults.
+.PHONY: bench
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 bench/run.py
+
 install: all
 	install -d $(DESTDIR)$(sbindir)
 	install -m 0755 $(BUILD)/tpm-provision $(DESTDIR)$(sbindir)/tpm-provision
