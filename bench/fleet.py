@@ -3,11 +3,12 @@
 
 FLEET_DEVICES devices (default 200), each its own swtpm (a copy of one TPM on which `own` ran:
 field case B23's "devices booting at once", after their TPM phase) and its own agent process
-with its own configuration and runtime directory, all started together against one DPS
-emulator (--polls 0) whose rate_limit fault lets 2 x FLEET_RATE registration PUTs a second
-through (a sliding one-second window over all devices; each registration needs two PUTs, so
-FLEET_RATE registrations a second at best) and answers the rest 429 with Retry-After
-FLEET_RETRY_AFTER seconds. Every copy has the same EK, so each device registers under its own
+with its own configuration and runtime directory, all let go at the same instant (each waits
+on one start pipe first: starting 200 processes takes seconds) against one DPS emulator
+(--polls 0) whose rate_limit fault lets 2 x FLEET_RATE registration PUTs a second through (a
+sliding one-second window over all devices; each registration needs two PUTs, so FLEET_RATE
+registrations a second at best) and answers the rest 429 with Retry-After FLEET_RETRY_AFTER
+seconds. Every copy has the same EK, so each device registers under its own
 registration ID (fleet-NNNN), all enrolled with that EK.
 
 Measured: the time until the last device finished against the ideal (devices / rate), each
@@ -52,12 +53,15 @@ def enroll_all(emu, ek, n):
 
 
 class Agent:
-    """One device's `register`, reaped by its own thread so its finish time is exact."""
+    """One device's `register`, reaped by its own thread so its finish time is exact. It
+    starts as a shell waiting for one line on the start pipe, then execs the agent: starting
+    200 processes takes seconds, and the fleet must boot at once."""
 
-    def __init__(self, device, logpath):
+    def __init__(self, device, logpath, start_pipe):
         self.device = device
         self.log = open(logpath, "wb")
-        self.proc = subprocess.Popen(device.argv("register"), env=device.env(),
+        self.proc = subprocess.Popen(["/bin/sh", "-c", 'read _ <"$0"; exec "$@"', start_pipe,
+                                      *device.argv("register")], env=device.env(),
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         self.end = None
@@ -73,6 +77,25 @@ class Agent:
         self.rc = os.waitstatus_to_exitcode(status)
         self.proc.returncode = self.rc
         self.log.close()
+
+
+def waiting_on_pipe(pid):
+    """Whether the process sleeps in a pipe read (its wchan), i.e. waits at the start line."""
+    try:
+        with open("/proc/%d/wchan" % pid) as f:
+            return "pipe" in f.read()
+    except OSError:
+        return False
+
+
+def wait_at_start(agents, timeout=120):
+    """Until every agent's shell waits on the start pipe (or timeout); how many do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = sum(1 for a in agents if waiting_on_pipe(a.proc.pid))
+        if n == len(agents) or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
 
 
 def per_device(log):
@@ -106,13 +129,22 @@ def main():
         emu.clear_log()
         emu.set_faults({"rate_limit": {"value": 2 * RATE, "retry_after": RETRY_AFTER}})
 
+        fifo = os.path.join(work, "start")
+        os.mkfifo(fifo)
+        # Read-write, so the shells' open() does not wait for a writer and none can miss
+        # the start by opening late.
+        pipe_fd = os.open(fifo, os.O_RDWR)
+        t_spawn = time.monotonic()
+        agents = [Agent(dev, os.path.join(dev.dir, "register.log"), fifo) for dev in devices]
+        spawn_seconds = time.monotonic() - t_spawn
+        waiting = wait_at_start(agents)
+
         busy0, total0 = b.cpu_busy_snapshot()
         load0 = b.loadavg()
         side0 = sum(b.proc_cpu_seconds(t.proc.pid) for t in tpms)
         emu0 = b.proc_cpu_seconds(emu.proc.pid)
         t0 = time.monotonic()
-        agents = [Agent(dev, os.path.join(dev.dir, "register.log")) for dev in devices]
-        spawn_seconds = time.monotonic() - t0
+        os.write(pipe_fd, b"\n" * len(agents))
         for a in agents:
             a.thread.join(max(1, DEADLINE - (time.monotonic() - t0)))
         t1 = time.monotonic()
@@ -143,6 +175,7 @@ def main():
             "devices": DEVICES, "rate_registrations_per_s": RATE,
             "rate_limit_puts_per_s": 2 * RATE, "retry_after": RETRY_AFTER, "polls": 0,
             "setup_seconds": setup_seconds, "spawn_seconds": spawn_seconds,
+            "waiting_at_start": waiting,
             "total_seconds": total, "ideal_seconds": ideal,
             "total_over_ideal": total / ideal if total else None,
             "finish": {"min": min(finishes), "median": b.stats(finishes)["median"],

@@ -451,15 +451,16 @@ class Report:
         rq = f["requests_per_device"]
         th = f["throttled_per_device"]
         cpu = f["cpu_seconds"]
-        self.w("%d devices, each its own swtpm and agent process, started together; the "
+        self.w("%d devices, each its own swtpm and agent process, let go at once; the "
                "emulator lets %g registration PUTs a second through (%g registrations a "
                "second) and answers the rest 429 with Retry-After %s s; --polls %d." % (
                    f["devices"], f["rate_limit_puts_per_s"], f["rate_registrations_per_s"],
                    f["retry_after"], f["polls"]), "",
                "| figure | measured | against |", "|---|---|---|",
-               "| total time (start to last device done) | %.1f s | ideal %.1f s (devices / "
-               "rate): %.2fx |" % (f["total_seconds"], f["ideal_seconds"],
-                                    f["total_over_ideal"]),
+               "| total time (start to last device done; %d of %d waiting at the start "
+               "line) | %.1f s | ideal %.1f s (devices / rate): %.2fx |" % (
+                   f.get("waiting_at_start", 0), f["devices"], f["total_seconds"],
+                   f["ideal_seconds"], f["total_over_ideal"]),
                "| finish times: min / median / p95 / max | %.1f / %.1f / %.1f / %.1f s | |" % (
                    fin["min"], fin["median"], fin["p95"], fin["max"]),
                "| requests per device: mean (min - max), p95 | %.1f (%d - %d), %d | minimum "
@@ -479,6 +480,10 @@ class Report:
                    cpu["agents"], cpu["swtpm"], cpu["emulator"], 100 * f["fleet_cpu_share"],
                    100 * f["machine_busy_share"]),
                "")
+        self.w("The fleet's own processes used %.0f%% of the machine's CPU over the run%s." % (
+            100 * f["fleet_cpu_share"],
+            ": DPS's rate, not this machine, set the pace" if f["fleet_cpu_share"] < 0.5 else
+            ", so the machine, not only DPS's rate, may have set the pace"), "")
         if f["mean_requests_over_min"] > FLEET_MAX_REQUEST_RATIO:
             self.w("Why the requests per device miss: the agent waits exactly what Retry-After "
                    "says after a 429 (`wait_before_retry` in `agent/cmd/register.c`: with a "
