@@ -34,7 +34,8 @@ export TSS2_LOG=${TSS2_LOG:-all+none}
 hex_to_file() { printf "$(printf '%s' "$1" | sed 's/../\\x&/g')" >"$2"; }
 record() {
     local head
-    head="545050530100001700000001""0100""00000000""$(printf '%016x' "$(date +%s)")""00000000""0000000000"
+    head="545050530100001700000001"                       # header
+    head="${head}0100""00000000""$(printf '%016x' "$(date +%s)")""00000000""0000000000"
     hex_to_file "$head" "$dir/slot.bin"
     hex_to_file "$(sha256sum "$dir/slot.bin" | cut -c1-64)" "$dir/digest.bin"
     cat "$dir/digest.bin" >>"$dir/slot.bin"

@@ -7,6 +7,8 @@ Usage: bench/report.py (bench/run.py calls it after the parts it ran).
 import collections
 import json
 import os
+import re
+import textwrap
 
 import benchlib as b
 
@@ -512,6 +514,17 @@ class Report:
                "| `enroll`, %d rows against the emulator | %.0f rows/s | %d |" % (
                    e["rows"], e["median"], len(e["runs"])), "")
 
+    @staticmethod
+    def wrapped(line):
+        """Prose at 100 columns (list items keep their indent); tables and headings as they
+        are."""
+        if len(line) <= 100 or line.startswith(("|", "#")):
+            return line
+        m = re.match(r"(- |\d+\. )", line)
+        indent = " " * len(m.group(1)) if m else ""
+        return textwrap.fill(line, width=100, subsequent_indent=indent,
+                             break_long_words=False, break_on_hyphens=False)
+
     def write(self):
         self.header()
         self.targets()
@@ -522,7 +535,7 @@ class Report:
         self.part_manufacturing()
         with open(os.path.join(HERE, "METHOD.md")) as f:
             self.w(f.read().rstrip("\n"))
-        text = "\n".join(self.lines) + "\n"
+        text = "\n".join(self.wrapped(x) for x in self.lines) + "\n"
         with open(RESULTS + ".tmp", "w") as f:
             f.write(text)
         os.rename(RESULTS + ".tmp", RESULTS)
