@@ -27,8 +27,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SUITE = "bookworm"
-# The base system. The agent's libraries, tpm-udev, dracut-core and initramfs-tools come with
-# the project's packages (their Depends), so a dependency missing there shows in the boot.
+# The base system. The TSS libraries, libcurl4, tpm-udev, dracut-core and initramfs-tools are
+# not in it: they come with the project's packages (their Depends), so a dependency missing
+# there shows in the boot.
 # busybox is a Recommends of initramfs-tools-core, which apt-get --no-install-recommends skips.
 PACKAGES = [
     "systemd", "systemd-sysv", "udev", "kmod", "cpio", "busybox", "ca-certificates",
