@@ -74,7 +74,8 @@ int cmd_reset(const struct options *o) {
             goto out;
         }
         log_notice("State record reset: owned, not registered.");
-    }
+    } else if (slot != IDENTITY_SLOT_OURS)
+        log_info("The device is not registered: nothing to reset.");
     r = cmd_remove_handoff();
 out:
     nvstate_done(t, &s);

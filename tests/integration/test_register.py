@@ -744,6 +744,56 @@ def test_reset_needs_yes_then_removes_only_what_register_made(device):
     assert key_name(tpm, 0x81000200, device.workdir) == other_name
 
 
+def test_reset_of_a_device_never_registered_changes_nothing(device):
+    tpm = device.tpm
+    state = tpm_state(device)
+
+    res = device.run("reset", "--yes", check=0)
+
+    assert "The device is not registered: nothing to reset." in res.stderr, res.stderr
+    assert tpm_state(device) == state
+    assert not os.path.exists(handoff_path(device))
+    assert_no_leftovers(tpm)
+
+
+def test_reset_leaves_a_key_that_replaced_the_identity_key(device):
+    """Someone evicted the identity key and persisted their own at the handle after
+    registration: reset returns the record to unprovisioned and leaves their key."""
+    provisioned(device)
+    tpm = device.tpm
+    tpm.tpm2("evictcontrol", "-C", "o", "-c", "0x%08x" % IDENTITY)
+    ctx = os.path.join(device.workdir, "theirs.ctx")
+    tpm.tpm2("createprimary", "-C", "o", "-G", "ecc", "-c", ctx)
+    tpm.tpm2("evictcontrol", "-C", "o", "-c", ctx, "0x%08x" % IDENTITY)
+    tpm.tpm2("flushcontext", "-t")
+    theirs = key_name(tpm, IDENTITY, device.workdir)
+
+    res = device.run("reset", "--yes", check=0)
+
+    assert "did not create; left alone" in res.stderr, res.stderr
+    assert key_name(tpm, IDENTITY, device.workdir) == theirs
+    assert newest_record(tpm)["state"] == "owned"
+    assert_no_leftovers(tpm)
+
+
+def test_sas_for_another_resource_and_without_the_identity_key(device):
+    provisioned(device)
+    ident = device.identity()
+    resource = "%s/devices/%s/modules/telemetry" % (ident["assignedHub"], ident["deviceId"])
+
+    token = device.run("sas", "--resource=" + resource, "--expiry=600", check=0).stdout.strip()
+
+    fields = dict(p.split("=", 1) for p in token[len("SharedAccessSignature "):].split("&"))
+    assert urllib.parse.unquote(fields["sr"]) == resource
+    assert 590 <= int(fields["se"]) - time.time() <= 610
+    assert len(base64.b64decode(urllib.parse.unquote(fields["sig"]))) == 32
+
+    device.tpm.tpm2("evictcontrol", "-C", "o", "-c", "0x%08x" % IDENTITY)
+    res = device.run("sas")
+    assert res.returncode != 0 and res.stdout == ""
+    assert "register --force" in res.stderr
+
+
 # -- 6. a foreign key at the identity handle -------------------------------------------------
 
 def test_foreign_key_at_the_identity_handle_is_left_alone(device):
