@@ -362,16 +362,25 @@ static int authenticated_put(struct registration *g, struct dps_answer *ret, boo
     struct http_response resp;
     int r;
 
-    r = signed_request(g, "PUT register (signed)", "PUT", g->register_url, g->body, &resp,
-                       ret_unauthorized);
-    if (r < 0 || *ret_unauthorized)
-        return r;
-    g->first_poll_ms = poll_delay_ms(g, &resp);
-    r = dps_answer_parse(resp.body, ret);
-    http_response_done(&resp);
-    if (r < 0 || (!ret->operation_id && ret->status != DPS_STATUS_ASSIGNED))
-        return log_error_errno(EREMOTEIO, "DPS's answer to the signed registration is not "
-                               "the JSON it should be.");
+    for (;;) {
+        r = signed_request(g, "PUT register (signed)", "PUT", g->register_url, g->body, &resp,
+                           ret_unauthorized);
+        if (r < 0 || *ret_unauthorized)
+            return r;
+        g->first_poll_ms = poll_delay_ms(g, &resp);
+        r = dps_answer_parse(resp.body, ret);
+        http_response_done(&resp);
+        if (r >= 0 && (ret->operation_id || ret->status == DPS_STATUS_ASSIGNED))
+            break;
+        /* A body cut short or garbled on the way: the PUT is safe to repeat (DPS answers
+         * it with the registration's operation again). */
+        dps_answer_done(ret);
+        log_warning("DPS's answer to the signed registration is not the JSON it should be; "
+                    "sending it again.");
+        r = wait_before_retry(g, NULL, "Malformed registration answer");
+        if (r < 0)
+            return r;
+    }
     g->attempt = 0;
     return 0;
 }

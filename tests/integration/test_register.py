@@ -380,6 +380,33 @@ def test_malformed_json_on_a_poll_then_success(device):
     assert device.hub_check() == 200
 
 
+@pytest.mark.parametrize("fault,on,words", [
+    ("oversize_body", "get", ("larger than",)),
+    ("oversize_body", "put_challenge", ("larger than",)),
+    # The body is still DPS's JSON: a wrong Content-Type alone is no reason to fail.
+    ("wrong_content_type", "get", ()),
+    ("truncated_json", "put_auth", ("not the JSON", "sending it again")),
+    ("truncated_json", "get", ("not valid JSON",)),
+    ("drop", "put_challenge", ("PUT register",)),
+])
+def test_hostile_answer_once_is_survived_and_named(device, fault, on, words):
+    """One hostile answer (a 10 MiB body, HTML instead of JSON, a body cut short, a dropped
+    connection) on one request: the agent names what was wrong, retries, and ends
+    provisioned with at most one more registration's worth of requests."""
+    emu = device.emu
+    emu.clear_log()
+    emu.set_fault(fault, count=1, on=on)
+
+    res, _ = register(device, check=0)
+
+    log = device_requests(emu)
+    assert [e for e in log if e["faults"] == [fault]], "the fault never fired"
+    assert len(log) <= 2 * 3, shape(log)
+    for w in words:
+        assert w.lower() in res.stderr.lower(), res.stderr
+    assert device.hub_check() == 200
+
+
 @pytest.mark.parametrize("fault,settings,words", [
     ("auth_key_truncated", {}, ("challenge key", "malformed")),
     ("auth_key_corrupt", {}, ("ActivateCredential",)),
