@@ -6,7 +6,7 @@ and what the dracut module (and the initramfs-tools hook) adds to an initrd.
 The initrds are built in a copy of the Debian 12 root that `make check-boot` caches
 (tests/boot/bootimage.py, /var/cache/tpm-provision-boot/base-*): what is missing of the
 agent's runtime packages, dracut-core and initramfs-tools-core is installed into the copy with
-apt-get, then `make install` into it; dracut with the boot tests' options, once with the
+apt-get, then `make install-boot` and the binary under test into it; dracut with the boot tests' options, once with the
 module and once with the same module list less tpm-provision and `--omit tpm-provision`;
 initramfs-tools once with the hook and script and once without. When no cached root exists
 the initrd part is skipped and says so (run `make check-boot` once).
@@ -310,8 +310,12 @@ def initrds():
                 if c.run(*args, check=False, **quiet).returncode != 0:
                     c.run("apt-get", "-q", "update", **quiet)
                     c.run(*args, stdout=subprocess.DEVNULL)
-        subprocess.run(["make", "-s", "-C", b.ROOT, "install", "DESTDIR=" + root],
+        # The boot files from the tree, the binary under test beside them (`make install`
+        # would rebuild build/tpm-provision from whatever the tree holds now).
+        subprocess.run(["make", "-s", "-C", b.ROOT, "install-boot", "DESTDIR=" + root],
                        check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["install", "-D", "-m", "0755", b.AGENT,
+                        os.path.join(root, "usr", "sbin", "tpm-provision")], check=True)
         etc = os.path.join(root, "etc", "tpm-provision")
         os.makedirs(etc, exist_ok=True)
         # An image builder's minimal configuration; no CABundle=, so the module takes the

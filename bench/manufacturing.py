@@ -28,7 +28,7 @@ from client import Emulator  # noqa: E402
 from swtpm import Swtpm  # noqa: E402
 from tpmcheck import EK, read_public  # noqa: E402
 
-AGENT = os.path.join(ROOT, "build", "tpm-provision")
+AGENT = os.environ.get("TPM_PROVISION_BIN", os.path.join(ROOT, "build", "tpm-provision"))
 
 
 def run(args, tcti="device:/nonexistent"):

@@ -145,8 +145,12 @@ class Report:
                "Written by `bench/report.py` from what `make bench` (`bench/run.py`) measured; "
                "do not edit by hand. The method is below the results.",
                "",
-               "- Build: `%s` (commit %s), `%s`, sha256 %s..." % (
-                   build.get("describe"), build.get("commit"), build.get("binary"),
+               "- Build: `%s` (commit %s%s), `%s`%s, sha256 %s..." % (
+                   build.get("describe"), build.get("commit"),
+                   ", with uncommitted changes in the tree" if build.get("tree_dirty") else "",
+                   build.get("binary"),
+                   " (a copy of `build/tpm-provision` taken when the run started)"
+                   if str(build.get("binary")).endswith("bench/tpm-provision") else "",
                    build.get("binary_sha256")),
                "- Machine: %s cores (%s), Linux %s; swtpm %s; tpm2-tools %s; libtss2-esys %s; "
                "libcurl %s; OpenSSL %s; Python %s (emulator)." % (

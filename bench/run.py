@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,7 @@ def build_identity():
         "commit": output("git", "rev-parse", "--short", "HEAD"),
         "describe": output("git", "describe", "--always", "--dirty"),
         "binary": os.path.relpath(b.AGENT, b.ROOT) if b.AGENT.startswith(b.ROOT) else b.AGENT,
+        "tree_dirty": bool(output("git", "status", "--porcelain", "--untracked-files=no")),
         "binary_sha256": digest[:16],
         "versions": {
             "swtpm": first_match(r"version (\S+),", output("swtpm", "--version")),
@@ -107,6 +109,14 @@ def main():
     if not os.path.exists(b.AGENT):
         sys.exit("bench: %s is missing; run make first" % b.AGENT)
     ensure_time()
+    if "TPM_PROVISION_BIN" not in os.environ:
+        # One binary for every part: build/ is shared, and a `make` elsewhere may replace
+        # build/tpm-provision while the parts run.
+        snapshot = os.path.join(b.OUT_DIR, "tpm-provision")
+        os.makedirs(b.OUT_DIR, exist_ok=True)
+        shutil.copy2(b.AGENT, snapshot + ".tmp")
+        os.rename(snapshot + ".tmp", snapshot)
+        os.environ["TPM_PROVISION_BIN"] = b.AGENT = snapshot
 
     meta_path = os.path.join(b.OUT_DIR, "meta.json")
     try:
