@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "basic/log.h"
+#include "basic/secret.h"
 #include "cmd/common.h"
 #include "exit-codes.h"
 #include "state/nvstate.h"
@@ -55,7 +57,8 @@ static const struct command commands[] = {
     {"sas", cmd_sas, "sas [--resource=URI] [--expiry=SECONDS|@UNIXTIME]",
      "Print an IoT Hub SAS token signed by the identity key inside the TPM.\n"
      "  --resource=URI           default <assigned hub>/devices/<device ID>\n"
-     "  --expiry=SECONDS         lifetime from now (default 3600), or @UNIXTIME\n",
+     "  --expiry=SECONDS         lifetime from now, at least 60 (default SasTokenLifetimeSec=,\n"
+     "                           3600), or @UNIXTIME\n",
      0},
     {"reset", cmd_reset, "reset --yes",
      "Back to unprovisioned: removes the identity key (only the one tpm-provision persisted),\n"
@@ -106,7 +109,8 @@ static void help_global(FILE *f) {
         fprintf(f, "  %s\n", commands[i].synopsis);
     fprintf(f,
             "\nOptions:\n"
-            "  --tcti=CONF               TPM connection (default $TPM_PROVISION_TCTI, else %s)\n"
+            "  --tcti=CONF               TPM connection (default $TPM_PROVISION_TCTI, else TCTI=\n"
+            "                            in the configuration, else %s)\n"
             "  --owner-auth=FILE         owner hierarchy authorization (credential %s)\n"
             "  --endorsement-auth=FILE   endorsement hierarchy authorization (credential %s)\n"
             "  --lockout-auth=FILE       lockout hierarchy authorization (credential %s)\n"
@@ -301,7 +305,7 @@ int main(int argc, char *argv[]) {
         {"iot-hub", required_argument, NULL, OPT_IOT_HUB},
         {},
     };
-    struct options o = {.expiry = 3600, .clock_floor = BUILD_EPOCH};
+    struct options o = {.clock_floor = BUILD_EPOCH}; /* .expiry 0: SasTokenLifetimeSec= */
     struct overrides v = {.timeout = -1};
     const char *only_for = NULL, *only_cmd = NULL, *enroll_only = NULL;
     const struct command *cmd = NULL;
@@ -340,6 +344,9 @@ int main(int argc, char *argv[]) {
                 o.expiry = -o.expiry;
             } else
                 r = parse_seconds(optarg, "--expiry", 365 * 24 * 3600, &o.expiry);
+            if (r == 0 && o.expiry >= 0 && o.expiry < SAS_LIFETIME_MIN_SEC)
+                r = log_error_errno(EINVAL, "Invalid --expiry '%s': a token must live at least "
+                                    "%d s (or give @UNIXTIME).", optarg, SAS_LIFETIME_MIN_SEC);
             break;
         case OPT_YES: o.yes = true; only_for = "--yes"; only_cmd = "reset"; break;
         case OPT_SERIAL: o.serial = optarg; only_for = "--serial"; only_cmd = "ek"; break;
@@ -379,7 +386,8 @@ int main(int argc, char *argv[]) {
             return EXIT_USAGE;
         }
         if (optind + 1 < argc) {
-            log_error("Unexpected argument '%s' after '%s'.", argv[optind + 1], cmd->name);
+            log_error("Unexpected argument '%s' after '%s'.", secret_shown(argv[optind + 1]),
+                      cmd->name);
             return EXIT_USAGE;
         }
     }
@@ -416,8 +424,14 @@ int main(int argc, char *argv[]) {
         return EXIT_USAGE;
     }
 
-    if (v.config)
+    if (v.config) {
+        /* A file named on the command line must be there; only the default may be missing. */
+        if (access(v.config, R_OK) < 0) {
+            log_error("Cannot read the configuration file --config=%s: %m.", v.config);
+            return EXIT_USAGE;
+        }
         setenv("TPM_PROVISION_CONFIG", v.config, 1);
+    }
     r = config_init(&o.cfg);
     if (r >= 0)
         r = config_load(&o.cfg);

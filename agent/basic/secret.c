@@ -69,3 +69,12 @@ int secret_credential_path(const char *name, char **ret_path) {
     *ret_path = path;
     return 0;
 }
+
+bool secret_looks_like_credential(const char *s) {
+    return s && (strcasestr(s, "SharedAccessKey=") || strcasestr(s, "SharedAccessSignature") ||
+                 strcasestr(s, "&sig=") || strncasecmp(s, "sig=", 4) == 0);
+}
+
+const char *secret_shown(const char *s) {
+    return secret_looks_like_credential(s) ? "(a connection string or token, not shown)" : s;
+}

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,3 +19,13 @@ int secret_read_file(const char *path, size_t max, uint8_t *ret_buf, size_t *ret
  * there is no credentials directory or no such credential.
  */
 int secret_credential_path(const char *name, char **ret_path);
+
+/*
+ * Whether a command-line value looks like a connection string or a SAS token (it holds
+ * SharedAccessKey= or sig=): such a value given where a file name or an argument belongs is
+ * refused without being repeated in the message.
+ */
+bool secret_looks_like_credential(const char *s);
+
+/* s, or a placeholder saying a credential was given and is not shown. */
+const char *secret_shown(const char *s);

@@ -20,7 +20,7 @@ struct options {
     bool force;                        /* register */
     bool yes;                          /* reset */
     const char *resource;              /* sas */
-    int64_t expiry;                    /* sas: seconds from now, or -(absolute Unix time) */
+    int64_t expiry;                    /* sas: seconds from now, -(absolute Unix time), 0: default */
     time_t clock_floor;                /* no clock can be earlier than this build */
 
     /* ek on the manufacturing line, and enroll (docs/manufacturing.md) */
@@ -43,6 +43,8 @@ struct options {
 };
 
 #define RUNTIME_DIR_DEFAULT "/run/tpm-provision"
+/* The shortest SAS token lifetime sas signs, as SasTokenLifetimeSec= allows. */
+#define SAS_LIFETIME_MIN_SEC 60
 
 /* Opens the TPM named by the options and loads the hierarchy authorizations. */
 int cmd_open_tpm(const struct options *o, struct tpm **ret_tpm, struct hierarchy_auths *ret_auths);

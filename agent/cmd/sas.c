@@ -31,7 +31,14 @@ int cmd_sas(const struct options *o) {
     if (o->clock_floor > 0 && now < o->clock_floor)
         return log_error_errno(EAGAIN, "The system clock is before this build's date; not "
                                "signing a token until the time is set.");
-    expiry = o->expiry < 0 ? (uint64_t)(-o->expiry) : (uint64_t)now + (uint64_t)o->expiry;
+    expiry = o->expiry < 0    ? (uint64_t)(-o->expiry)
+             : o->expiry > 0  ? (uint64_t)now + (uint64_t)o->expiry
+                              : (uint64_t)now + o->cfg.sas_ttl_sec;
+    /* A token that is expired when the client gets it is a mistake, not a token. */
+    if (expiry < (uint64_t)now + SAS_LIFETIME_MIN_SEC)
+        return log_error_errno(EINVAL, "--expiry=@%llu is in the past or less than %d s from "
+                               "now (%lld); the token would be useless.",
+                               (unsigned long long)expiry, SAS_LIFETIME_MIN_SEC, (long long)now);
 
     r = cmd_open_tpm(o, &t, &auths);
     hierarchy_auths_wipe(&auths);

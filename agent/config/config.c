@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -866,8 +867,10 @@ int config_check_for_registration(const struct config *c) {
     if (!c->id_scope || !*c->id_scope)
         r = log_error_errno(
             EINVAL,
-            "No ID scope configured: set IdScope= in [Provisioning] of %s, tpm_provision.id_scope= on the kernel command line or $TPM_PROVISION_ID_SCOPE. It is shown on the DPS instance's overview page.",
-            CONFIG_DEFAULT_PATH);
+            "No ID scope configured: set IdScope= in [Provisioning] of %s, give --id-scope=, tpm_provision.id_scope= on the kernel command line or $TPM_PROVISION_ID_SCOPE. It is shown on the DPS instance's overview page.",
+            getenv("TPM_PROVISION_CONFIG") && *getenv("TPM_PROVISION_CONFIG")
+                ? getenv("TPM_PROVISION_CONFIG")
+                : CONFIG_DEFAULT_PATH);
     else if ((why = check_id_scope(c->id_scope)))
         r = log_error_errno(EINVAL, "ID scope '%s' is not valid: %s.", c->id_scope, why);
 
@@ -885,6 +888,10 @@ int config_check_for_registration(const struct config *c) {
         r = log_error_errno(EINVAL,
                             "Global endpoint '%s' is not valid: %s; expected https://HOST[:PORT].",
                             c->endpoint, why);
+
+    /* Checked now, not found out as a TLS trust failure after connecting. */
+    if (c->ca_bundle && access(c->ca_bundle, R_OK) < 0)
+        r = log_error_errno(EINVAL, "Cannot read the CA bundle CABundle=%s: %m.", c->ca_bundle);
 
     if (!c->proxy) {
         static const char *const vars[] = {"https_proxy", "HTTPS_PROXY", "all_proxy",

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "basic/log.h"
+#include "basic/secret.h"
 #include "basic/macro.h"
 
 #define LIST_SIZE_MAX (512u << 20) /* about a million rows */
@@ -65,13 +66,13 @@ int listfile_load(const char *path, struct ekrows *ret) {
 
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
-        return log_error_errno(errno, "Cannot open the list %s: %m", path);
+        return log_error_errno(errno, "Cannot open the list %s: %m", secret_shown(path));
     /* A station may be appending right now: its row is whole once the lock is ours. */
     if (flock(fd, LOCK_SH) < 0)
-        return log_error_errno(errno, "Cannot lock the list %s: %m", path);
+        return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
     r = read_all(fd, &data, &len);
     if (r < 0)
-        return log_error_errno(r, "Cannot read the list %s: %m", path);
+        return log_error_errno(r, "Cannot read the list %s: %m", secret_shown(path));
     r = parse_logged(path, data, len, ret);
     if (r < 0)
         return r;
@@ -176,12 +177,12 @@ int listfile_append(const char *path, enum ekrows_format format, const struct ek
 
     fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
     if (fd < 0)
-        return log_error_errno(errno, "Cannot open the list %s: %m", path);
+        return log_error_errno(errno, "Cannot open the list %s: %m", secret_shown(path));
     if (flock(fd, LOCK_EX) < 0)
-        return log_error_errno(errno, "Cannot lock the list %s: %m", path);
+        return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
     r = read_all(fd, &data, &len);
     if (r < 0)
-        return log_error_errno(r, "Cannot read the list %s: %m", path);
+        return log_error_errno(r, "Cannot read the list %s: %m", secret_shown(path));
     r = parse_logged(path, data, len, ret_list);
     if (r < 0)
         return r;

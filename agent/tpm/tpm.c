@@ -284,8 +284,21 @@ static int explain_open_failure(const char *conf, TSS2_RC rc) {
                                    "node, --tcti=device:/dev/tpmrm%d, which many programs can "
                                    "share.", path, node_number(path) < 0 ? 0 : node_number(path));
     }
-    return log_error_errno(ENODEV, "Cannot open the TPM through TCTI '%s': %s", conf,
-                           tpm_rc_str(rc));
+    /* A TCTI string the loader cannot use is a typo in the configuration, not a missing TPM. */
+    switch (rc & ~TSS2_RC_LAYER_MASK) {
+    case TSS2_BASE_RC_NOT_SUPPORTED:
+    case TSS2_BASE_RC_BAD_VALUE:
+    case TSS2_BASE_RC_BAD_REFERENCE:
+        return log_error_errno(EINVAL, "The TCTI '%s' cannot be used (%s). Give --tcti= (or "
+                               "TCTI= in [TPM]) as device:/dev/tpmrm0, swtpm:path=/run/swtpm.sock "
+                               "or mssim:host=127.0.0.1,port=2321.", conf, tpm_rc_str(rc));
+    default:
+        return log_error_errno(ENODEV, "Cannot open the TPM through TCTI '%s': %s%s", conf,
+                               tpm_rc_str(rc),
+                               strncmp(conf, "device", 6) == 0 ? ""
+                                                               : ". Is the TPM simulator running, "
+                                                                 "and is that its address?");
+    }
 }
 
 int tpm_open(const char *tcti_conf, struct tpm **ret) {

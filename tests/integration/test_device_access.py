@@ -90,3 +90,44 @@ def test_tcti_option_beats_environment(tmp_path):
     res = agent.run("--tcti=device:" + str(tmp_path / "from-option"), "status", check=3)
     assert "from-option" in res.stderr and "from-env" not in res.stderr
     assert stat.S_ISDIR(os.stat(tmp_path).st_mode)
+
+
+@pytest.mark.parametrize("tcti", ["swtpmm:path=/run/x.sock", "bogus", "swtpm:path"])
+def test_tcti_typo_is_a_configuration_error_that_shows_the_forms(tmp_path, tcti):
+    res = Agent("device:" + str(tmp_path / "none"), str(tmp_path)).run(
+        "--tcti=" + tcti, "status", check=2)
+    assert "The TCTI '%s' cannot be used" % tcti in res.stderr
+    assert "swtpm:path=/run/swtpm.sock" in res.stderr and "device:/dev/tpmrm0" in res.stderr
+
+
+def test_simulator_not_running_is_no_tpm_with_a_hint(tmp_path):
+    res = Agent("swtpm:path=" + str(tmp_path / "absent.sock"), str(tmp_path)).run(
+        "status", check=3)
+    assert "absent.sock" in res.stderr and "simulator running" in res.stderr
+
+
+def test_config_file_named_on_the_command_line_must_exist(tmp_path):
+    missing = str(tmp_path / "dev.conf")
+    res = Agent("device:" + str(tmp_path / "none"), str(tmp_path)).run(
+        "--config=" + missing, "status", check=2)
+    assert "Cannot read the configuration file --config=" + missing in res.stderr
+
+
+CONNECTION_STRING = ("HostName=dps-x.azure-devices-provisioning.net;"
+                     "SharedAccessKeyName=provisioningserviceowner;"
+                     "SharedAccessKey=c2VjcmV0LWtleS1Ob3RTaG93bg==")
+
+
+@pytest.mark.parametrize("args", [
+    ["enroll", "--list=batch.csv", CONNECTION_STRING],
+    ["enroll", "--list=" + CONNECTION_STRING, "--dry-run"],
+    ["enroll", "--list=batch.csv", "--previous=" + CONNECTION_STRING, "--dry-run"],
+], ids=["as-argument", "as-list", "as-previous"])
+def test_connection_string_in_the_wrong_place_is_never_repeated(tmp_path, args):
+    (tmp_path / "batch.csv").write_text("")
+    res = Agent("device:" + str(tmp_path / "none"), str(tmp_path)).run(
+        *[a.replace("batch.csv", str(tmp_path / "batch.csv")) for a in args])
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "c2VjcmV0LWtleS1Ob3RTaG93bg" not in out and "SharedAccessKey=" not in out, out
+    assert "not shown" in out

@@ -821,6 +821,34 @@ def test_sas_for_another_resource_and_without_the_identity_key(device):
     assert "register --force" in res.stderr
 
 
+def test_sas_lifetime_comes_from_the_configuration_and_a_useless_expiry_is_refused(device):
+    provisioned(device)
+    device.write_config(provisioning={"SasTokenLifetimeSec": "120"})
+
+    token = device.run("sas", check=0).stdout.strip()
+    se = int(dict(p.split("=", 1) for p in token.split(" ", 1)[1].split("&"))["se"])
+    assert 110 <= se - time.time() <= 130
+    assert device.hub_check(token) == 200
+
+    for expiry in ("@1000", "0", "59", "@%d" % int(time.time() + 10)):
+        res = device.run("sas", "--expiry=" + expiry)
+        assert res.returncode == EXIT_USAGE, (expiry, res.stderr)
+        assert res.stdout == "" and "--expiry" in res.stderr
+
+
+def test_missing_ca_bundle_is_a_configuration_error_before_any_request(device):
+    missing = os.path.join(device.workdir, "no-such-bundle.pem")
+    device.write_config(provisioning={"CABundle": missing})
+    device.emu.clear_log()
+
+    res, _ = register(device)
+
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "Cannot read the CA bundle CABundle=" + missing in res.stderr
+    assert "not trusted" not in res.stderr
+    assert device.emu.log() == []
+
+
 # -- 6. a foreign key at the identity handle -------------------------------------------------
 
 def test_foreign_key_at_the_identity_handle_is_left_alone(device):
