@@ -1,7 +1,7 @@
 #!/bin/sh
 # ensure-packages.sh WHAT PACKAGE...: installs the Debian packages that are missing, saying which
-# and for what; tests/deps.sh, tests/boot/deps.sh and the packaging scripts use it. Names may carry an architecture
-# (libssl-dev:arm64). Not root: says what to install and fails.
+# and for what; tests/deps.sh, tests/boot/deps.sh and the packaging scripts use it. Names may
+# carry an architecture (libssl-dev:arm64). Not root: says what to install and fails.
 set -eu
 what=$1
 shift
