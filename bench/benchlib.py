@@ -29,7 +29,7 @@ from tpmproxy import CC, MUTATING_CC, TpmProxy, cc_name  # noqa: E402,F401
 
 AGENT = os.environ.get("TPM_PROVISION_BIN", os.path.join(ROOT, "build", "tpm-provision"))
 OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(ROOT, "build", "bench"))
-RUNS = int(os.environ.get("BENCH_RUNS", "11"))
+RUNS = int(os.environ.get("BENCH_RUNS", "21"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "1"))
 
 

@@ -311,11 +311,14 @@ def initrds():
                     c.run("apt-get", "-q", "update", **quiet)
                     c.run(*args, stdout=subprocess.DEVNULL)
         # The boot files from the tree, the binary under test beside them (`make install`
-        # would rebuild build/tpm-provision from whatever the tree holds now).
+        # would rebuild build/tpm-provision from whatever the tree holds now), stripped as a
+        # Debian package installs it.
         subprocess.run(["make", "-s", "-C", b.ROOT, "install-boot", "DESTDIR=" + root],
                        check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["install", "-D", "-m", "0755", b.AGENT,
-                        os.path.join(root, "usr", "sbin", "tpm-provision")], check=True)
+        binary = os.path.join(root, "usr", "sbin", "tpm-provision")
+        os.makedirs(os.path.dirname(binary), exist_ok=True)
+        subprocess.run(["strip", "--strip-all", "-o", binary, b.AGENT], check=True)
+        os.chmod(binary, 0o755)
         etc = os.path.join(root, "etc", "tpm-provision")
         os.makedirs(etc, exist_ok=True)
         # An image builder's minimal configuration; no CABundle=, so the module takes the
