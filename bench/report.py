@@ -303,8 +303,9 @@ class Report:
 
         self.w("### `own` against the same steps in tpm2-tools", "",
                "`bench/own-tpm2-tools.sh` on a fresh TPM, counted through the same proxy; "
-               "agent and script run in turn, each on its own fresh TPM, and the ratio is taken "
-               "pair by pair (%d pairs)." % t["runs"], "",
+               "agent and script run in turn, each on its own fresh TPM (a pair's two TPMs "
+               "are copies of the same one; the pairs go round %s TPMs), and the ratio is "
+               "taken pair by pair (%d pairs)." % (t.get("seeds", 1), t["runs"]), "",
                "| case | commands (agent / tpm2-tools) | wall, agent | wall, tpm2-tools | "
                "agent / tpm2-tools (min - max) | `own` after the script changes | same SRK |",
                "|---|---|---|---|---|---|---|")
