@@ -45,6 +45,12 @@ int cmd_sas(const struct options *o) {
     if (r < 0)
         return r;
     r = nvstate_load(t, o->cfg.state_index, false, &s);
+    if (r == -EEXIST) {
+        r = log_error_errno(EEXIST, "NV index 0x%08x was not defined by tpm-provision; not "
+                            "reading it. Give --state-index= the agent's index.",
+                            o->cfg.state_index);
+        goto out;
+    }
     if (r < 0 || s.status != 0 || s.record.state != RECORD_ASSIGNED) {
         r = log_error_errno(ENOENT, "This device is not provisioned yet; run 'tpm-provision "
                             "register' first.");

@@ -4,6 +4,9 @@
 #include <errno.h>
 #include <string.h>
 
+#include <openssl/sha.h>
+#include <tss2/tss2_mu.h>
+
 #include "basic/log.h"
 #include "tpm/tpm-rc.h"
 
@@ -14,6 +17,39 @@ static bool public_is_ours(const TPM2B_NV_PUBLIC *p) {
     return p->nvPublic.nameAlg == TPM2_ALG_SHA256 &&
            (p->nvPublic.attributes & ~NV_STATE_BITS) == NVSTATE_ATTRIBUTES &&
            p->nvPublic.authPolicy.size == 0 && p->nvPublic.dataSize == RECORD_INDEX_SIZE;
+}
+
+/*
+ * Without reading the public area again: the Name ESAPI already took from the TPM is the hash
+ * of the public area, so an index defined exactly as ours (written or not) has one of two
+ * Names. Anything else is someone else's index, and reading it with an empty authorization
+ * could count towards dictionary-attack lockout (it may lack NO_DA).
+ */
+static bool name_is_ours(struct tpm *t, ESYS_TR tr, TPM2_HANDLE index) {
+    TPM2B_NAME *name = NULL;
+    bool ours = false;
+
+    if (Esys_TR_GetName(t->esys, tr, &name) != TSS2_RC_SUCCESS)
+        return false;
+    for (int written = 0; written < 2 && !ours; written++) {
+        TPMS_NV_PUBLIC pub = {
+            .nvIndex = index,
+            .nameAlg = TPM2_ALG_SHA256,
+            .attributes = NVSTATE_ATTRIBUTES | (written ? TPMA_NV_WRITTEN : 0),
+            .dataSize = RECORD_INDEX_SIZE,
+        };
+        uint8_t buf[sizeof(TPMS_NV_PUBLIC)], want[2 + SHA256_DIGEST_LENGTH];
+        size_t len = 0;
+
+        if (Tss2_MU_TPMS_NV_PUBLIC_Marshal(&pub, buf, sizeof(buf), &len) != TSS2_RC_SUCCESS)
+            break;
+        want[0] = TPM2_ALG_SHA256 >> 8;
+        want[1] = TPM2_ALG_SHA256 & 0xff;
+        SHA256(buf, len, want + 2);
+        ours = name->size == sizeof(want) && memcmp(name->name, want, sizeof(want)) == 0;
+    }
+    Esys_Free(name);
+    return ours;
 }
 
 int nvstate_load(struct tpm *t, TPM2_HANDLE index, bool check_public, struct nvstate *ret) {
@@ -31,6 +67,8 @@ int nvstate_load(struct tpm *t, TPM2_HANDLE index, bool check_public, struct nvs
         return r;
     ret->defined = true;
 
+    if (!pub && !name_is_ours(t, ret->tr, index))
+        return -EEXIST;
     if (pub) {
         bool ours = public_is_ours(pub);
         bool written = pub->nvPublic.attributes & TPMA_NV_WRITTEN;

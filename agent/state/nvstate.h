@@ -28,8 +28,9 @@ struct nvstate {
 /*
  * Reads the index. -ENOENT is not an error here: ret->defined is false. An index at that
  * handle that tpm-provision did not define gives -EEXIST (and is never written or undefined).
- * With check_public false, trusts that an index holding a valid record is ours (one command
- * less on the boot fast path).
+ * With check_public false, the index's Name (which the TPM already gave) must be that of our
+ * public area, not read again (one command less on the boot fast path); that also refuses a
+ * foreign index whose flags differ only in the TPM's own bits.
  */
 int nvstate_load(struct tpm *t, TPM2_HANDLE index, bool check_public, struct nvstate *ret);
 

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from tpmcheck import (EK, SRK, STATE_INDEX, assert_no_leftovers, ek_cert, nv_read,  # noqa: E402
-                      read_public, rsa_modulus_of_public)
+                      read_public, rsa_modulus_of_public, variable_property)
 
 
 def test_own_with_ek_persisted_at_setup_keeps_that_ek(tpm, agent_for, tmp_path):
@@ -94,6 +94,29 @@ def test_own_leaves_a_foreign_nv_index_at_the_state_handle(tpm, agent_for):
     agent.run("own", "--state-index=0x01000101", check=0)
     assert agent.json("status", "--state-index=0x01000101")["state"]["record"] == "valid"
     assert nv_read(tpm, STATE_INDEX) == b"x" * 32
+
+
+def test_foreign_index_with_a_password_is_never_read_by_sas_or_the_fast_path(tpm, agent_for):
+    """Someone else's index at the state handle, with its own password and without NO_DA
+    (field cases B01/B21: state the agent did not create). Reading it with an empty
+    authorization would count towards dictionary-attack lockout at every boot and every token;
+    the agent must tell it is not its own from the Name alone and leave it unread."""
+    agent = agent_for(tpm)
+    tpm.tpm2("nvdefine", "0x%08x" % STATE_INDEX, "-C", "o", "-s", "1024",
+             "-a", "authread|authwrite", "-p", "their-password")
+    da_before = variable_property(tpm, "TPM2_PT_LOCKOUT_COUNTER")
+    env = {"TPM_PROVISION_ID_SCOPE": "0ne00000001",
+           "TPM_PROVISION_ENDPOINT": "https://127.0.0.1:9"}
+
+    for _ in range(3):
+        res = agent.run("sas")
+        assert res.returncode == 4, res.stderr
+        assert "was not defined by tpm-provision" in res.stderr
+    res = agent.run("register", env=env)
+    assert res.returncode == 4, res.stderr
+
+    assert variable_property(tpm, "TPM2_PT_LOCKOUT_COUNTER") == da_before
+    assert_no_leftovers(tpm)
 
 
 def test_ek_template_and_nonce_in_nv_are_honoured(tpm_no_ek, agent_for, tmp_path):
