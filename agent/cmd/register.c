@@ -430,6 +430,17 @@ static int poll_operation(struct registration *g, struct dps_answer *op, bool *r
         dps_answer_done(op);
         *op = next;
 
+        /* An answer without a status this agent knows tells nothing: asking again at once
+         * would be a request storm, so it waits as after any bad answer. */
+        if (op->status == DPS_STATUS_UNKNOWN) {
+            http_response_done(&resp);
+            log_warning("DPS's operation status has no status this agent knows; asking again.");
+            r = wait_before_retry(g, NULL, "Operation status without a known status");
+            if (r < 0)
+                return r;
+            continue;
+        }
+
         if (op->status == DPS_STATUS_ASSIGNING || op->status == DPS_STATUS_UNASSIGNED) {
             uint64_t ms = poll_delay_ms(g, &resp);
             http_response_done(&resp);

@@ -1164,6 +1164,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = b""
         if resp.body is not None:
             obj = resp.body
+            params = take("status_unknown") if isinstance(obj, dict) else None
+            if params is not None:
+                # The status goes wherever DPS puts one: the top and registrationState.
+                obj = {k: v for k, v in obj.items() if k != "status"}
+                if isinstance(obj.get("registrationState"), dict):
+                    obj["registrationState"] = {k: v for k, v in obj["registrationState"].items()
+                                                if k != "status"}
+                if params["status"] != "none":
+                    obj["status"] = params["status"]
             params = take("oversize_body") if isinstance(obj, dict) else None
             if params is not None:
                 obj = dict(obj, padding="x" * int(params["bytes"]))

@@ -28,6 +28,8 @@ SPECS = {
     "delay": ("count", "device", {"seconds": "5"}),
     "drop": ("count", "device", {}),
     "malformed_json": ("count", "device", {}),
+    # A JSON answer whose "status" is left out ("none") or a word DPS never uses.
+    "status_unknown": ("count", "get", {"status": "none"}),
     "truncated_json": ("count", "device", {"mode": "body"}),
     "auth_key_truncated": ("count", "device", {}),
     "auth_key_corrupt": ("count", "device", {"offset": "10"}),

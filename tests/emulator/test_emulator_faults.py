@@ -111,6 +111,20 @@ def test_drop_closes_without_answer_at_the_chosen_request_kind(emu, make_device)
     assert ("get", 0, ["drop"]) in log
 
 
+def test_status_unknown_drops_or_replaces_the_status(emu, make_device):
+    dev = make_device()
+    assert dev.challenge().status == 401
+    auth = dev.auth()
+    op_id = dev.put_auth(auth).json()["operationId"]
+    emu.set_fault("status_unknown", 1)
+    r = dev.poll(op_id, auth)
+    assert r.status in (200, 202) and "status" not in r.json() and r.json()["operationId"]
+    assert "status" not in r.json().get("registrationState", {})
+    emu.set_fault("status_unknown", 1, status="Wobbling")
+    assert dev.poll(op_id, auth).json()["status"] == "Wobbling"
+    assert dev.poll(op_id, auth).json()["status"] in ("assigning", "assigned")
+
+
 def test_malformed_json(emu, make_device):
     dev = make_device()
     emu.set_fault("malformed_json", 1)

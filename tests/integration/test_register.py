@@ -380,6 +380,32 @@ def test_malformed_json_on_a_poll_then_success(device):
     assert device.hub_check() == 200
 
 
+@pytest.mark.parametrize("status", ["none", "Wobbling"])
+def test_b23_operation_status_it_does_not_know_is_asked_again_with_backoff_not_at_once(device,
+                                                                                    status):
+    """A poll answer without a status, or with a word DPS never uses: no request storm (field
+    case B23). Twice, then the real status: provisioned. Always: a handful of polls, with
+    backoff, until the deadline."""
+    emu = device.emu
+    emu.clear_log()
+    emu.set_fault("status_unknown", count=2, status=status)
+
+    res, _ = register(device, check=0)
+
+    assert "no status this agent knows" in res.stderr
+    assert device.hub_check() == 200
+
+    device.write_config(provisioning={"TimeoutSec": "20"})
+    emu.set_fault("status_unknown", status=status)
+    emu.clear_log()
+    res, took = register(device, "--force")
+
+    assert res.returncode == EXIT_TEMPORARY, res.stderr
+    gets = [e for e in device_requests(emu) if e["kind"] == "get"]
+    assert 1 <= len(gets) <= 12, "%d polls in %.0f s" % (len(gets), took)
+    assert took < 40
+
+
 @pytest.mark.parametrize("fault,on,words", [
     ("oversize_body", "get", ("larger than",)),
     ("oversize_body", "put_challenge", ("larger than",)),
