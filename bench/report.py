@@ -156,7 +156,11 @@ class Report:
                "",
                "- Build: `%s` (commit %s%s), `%s`%s, sha256 %s..." % (
                    build.get("describe"), build.get("commit"),
-                   ", with uncommitted changes in the tree" if build.get("tree_dirty") else "",
+                   (", built with uncommitted changes to %s" % ", ".join(
+                       build["uncommitted_build_inputs"]))
+                   if build.get("uncommitted_build_inputs") else
+                   (", uncommitted changes elsewhere in the tree" if build.get("tree_dirty")
+                    else ""),
                    build.get("binary"),
                    " (a copy of `build/tpm-provision` taken when the run started)"
                    if str(build.get("binary")).endswith("bench/tpm-provision") else "",

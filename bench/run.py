@@ -58,6 +58,13 @@ def package_version(name):
     return output("dpkg-query", "-W", "-f=${Version}\\n", name)
 
 
+def changed_build_inputs():
+    """Files the binary is built from that differ from the commit (agent/, Makefile)."""
+    res = subprocess.run(["git", "status", "--porcelain", "--", "agent", "Makefile"],
+                         capture_output=True, text=True, cwd=b.ROOT)
+    return [line[3:] for line in res.stdout.splitlines() if line[3:]]
+
+
 def build_identity():
     with open(b.AGENT, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
@@ -66,6 +73,7 @@ def build_identity():
         "describe": output("git", "describe", "--always", "--dirty"),
         "binary": os.path.relpath(b.AGENT, b.ROOT) if b.AGENT.startswith(b.ROOT) else b.AGENT,
         "tree_dirty": bool(output("git", "status", "--porcelain", "--untracked-files=no")),
+        "uncommitted_build_inputs": changed_build_inputs(),
         "binary_sha256": digest[:16],
         "versions": {
             "swtpm": first_match(r"version (\S+),", output("swtpm", "--version")),
