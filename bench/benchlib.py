@@ -10,10 +10,12 @@
 
 Nothing here judges: the scripts print what they measured and bench/report.py writes it down.
 """
+import atexit
 import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +30,31 @@ from swtpm import Swtpm, TemplateSwtpm  # noqa: E402,F401
 from tpmproxy import CC, MUTATING_CC, TpmProxy, cc_name  # noqa: E402,F401
 
 AGENT = os.environ.get("TPM_PROVISION_BIN", os.path.join(ROOT, "build", "tpm-provision"))
+
+
+def _stop_leftover_children():
+    """At exit, the swtpm and emulator processes this script started and a failure left
+    running (their own stop() was never reached): each by its pid."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                cmd = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me and (os.path.basename(cmd[0]) == b"swtpm" or
+                           any(c.endswith(b"dps_emulator.py") for c in cmd)):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+atexit.register(_stop_leftover_children)
 OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(ROOT, "build", "bench"))
 RUNS = int(os.environ.get("BENCH_RUNS", "21"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "1"))
