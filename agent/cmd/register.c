@@ -267,19 +267,28 @@ static int challenge(struct registration *g) {
         r = exchange(g, "PUT register", "PUT", g->register_url, NULL, g->body, &resp);
         if (r < 0)
             return r;
-        if (r == DONE)
+        if (r == RETRY)
+            continue;
+        if (resp.status != 401) {
+            r = resp.status >= 400 ? classify_refusal(g, &resp, "Registration")
+                                   : log_error_errno(EREMOTEIO, "DPS answered the first PUT "
+                                                     "with HTTP %ld instead of a challenge.",
+                                                     resp.status);
+            http_response_done(&resp);
+            return r;
+        }
+        r = dps_answer_parse(resp.body, &a);
+        if (r >= 0)
             break;
-    }
-
-    if (resp.status != 401) {
-        r = resp.status >= 400 ? classify_refusal(g, &resp, "Registration")
-                               : log_error_errno(EREMOTEIO, "DPS answered the first PUT with "
-                                                 "HTTP %ld instead of a challenge.", resp.status);
+        /* A 401 whose body is not JSON at all was garbled on the way (a proxy, a cut
+         * connection): no verdict on the enrollment, so ask again. */
         http_response_done(&resp);
-        return r;
+        log_warning("DPS's challenge is not valid JSON; asking again.");
+        r = wait_before_retry(g, NULL, "Malformed challenge");
+        if (r < 0)
+            return r;
     }
-    r = dps_answer_parse(resp.body, &a);
-    if (r < 0 || !a.authentication_key) {
+    if (!a.authentication_key) {
         /* A 401 without authenticationKey is a refusal, not a challenge (section 1.5). */
         r = dps_error(&resp, "Registration refused: DPS does not know this device's EK under "
                       "this registration ID; check the enrollment", ECONNREFUSED);
@@ -487,9 +496,14 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
         log_notice("Removed the previous identity key at 0x%08x.", g->cfg->identity_handle);
     }
 
+    /* The new key's Name, and no longer "assigned": the hub and device ID still in the record
+     * belong to the old key. A cut after the key is persisted must send the next boot to DPS
+     * again, not down the fast path with a key the old hub does not know. */
     memcpy(rec.identity_name, name.name, name.size);
     rec.identity_name_size = (uint8_t)name.size;
     rec.identity_handle = g->cfg->identity_handle;
+    if (rec.state == RECORD_ASSIGNED)
+        rec.state = RECORD_OWNED;
     r = nvstate_save(g->t, &g->state, &rec);
     if (r < 0)
         return hierarchy_log_failure(g->t, &g->auths, HIERARCHY_OWNER, r,
@@ -502,6 +516,7 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
                                      "persist the identity key");
 
     rec.state = RECORD_ASSIGNED;
+    rec.flags &= (uint8_t)~RECORD_FLAG_REGISTERING;
     rec.changed_at = (uint64_t)server_now(g); /* the device's clock may be years off */
     rec.dps_error = 0;
     snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
@@ -532,6 +547,21 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
  * again; they replace a cached assignment (field case B29), whose hand-off file goes, so the
  * device's IoT client stops using it. The identity key stays, named in the record, so that a
  * later assignment replaces it. */
+/* RECORD_FLAG_REGISTERING goes into the record before DPS sees the signed request. */
+static int mark_registering(struct registration *g) {
+    struct record rec = g->state.record;
+    int r;
+
+    if (rec.flags & RECORD_FLAG_REGISTERING)
+        return 0;
+    rec.flags |= RECORD_FLAG_REGISTERING;
+    r = nvstate_save(g->t, &g->state, &rec);
+    if (r < 0)
+        return hierarchy_log_failure(g->t, &g->auths, HIERARCHY_OWNER, r,
+                                     "record that a registration began");
+    return 0;
+}
+
 static int record_refusal(struct registration *g, const struct dps_answer *a) {
     struct record rec = g->state.record;
     const char *what = a->status == DPS_STATUS_DISABLED ? "disabled" : "failed";
@@ -545,8 +575,18 @@ static int record_refusal(struct registration *g, const struct dps_answer *a) {
     snprintf(code, sizeof(code), "TPM_PROVISION_DPS_ERROR=%lld", (long long)a->error_code);
     log_event(LOG_EVENT_DPS_REFUSED, LOG_ERR, message, (const char *const[]){code, NULL});
 
-    rec.state = a->status == DPS_STATUS_DISABLED ? RECORD_DISABLED : RECORD_FAILED;
     rec.dps_error = (int32_t)a->error_code;
+    if (a->status == DPS_STATUS_FAILED && rec.state == RECORD_ASSIGNED) {
+        /* A failed re-registration takes nothing away: the hub still knows the device and its
+         * key. The flag stays, so the next boot asks DPS again; sas goes on signing. */
+        log_notice("The previous assignment (hub %s, device %s) stays in use.", rec.hub,
+                   rec.device_id);
+        if (nvstate_save(g->t, &g->state, &rec) < 0)
+            log_warning("Could not record the %s state: %s", what, tpm_last_error(g->t));
+        return -ECONNREFUSED;
+    }
+    rec.state = a->status == DPS_STATUS_DISABLED ? RECORD_DISABLED : RECORD_FAILED;
+    rec.flags &= (uint8_t)~RECORD_FLAG_REGISTERING;
     rec.changed_at = (uint64_t)server_now(g);
     snprintf(rec.id_scope, sizeof(rec.id_scope), "%s", g->cfg->id_scope);
     snprintf(rec.registration_id, sizeof(rec.registration_id), "%s", g->registration_id);
@@ -566,6 +606,9 @@ static int registration_run(struct registration *g) {
      * judged by another clock. A second 401 is a refusal, not a loop (field case B26). */
     for (int round = 0; round < 2; round++) {
         r = challenge(g);
+        if (r < 0)
+            goto out;
+        r = mark_registering(g);
         if (r < 0)
             goto out;
         dps_answer_done(&op);
@@ -735,6 +778,11 @@ static bool already_provisioned(struct registration *g) {
 
     if (g->o->force || g->state.status != 0 || rec->state != RECORD_ASSIGNED)
         return false;
+    if (rec->flags & RECORD_FLAG_REGISTERING) {
+        log_notice("A registration with DPS did not finish (power cut or restart); registering "
+                   "again.");
+        return false;
+    }
     if (strcasecmp(rec->id_scope, g->cfg->id_scope) != 0) {
         log_notice("The ID scope changed from %s to %s; registering again.", rec->id_scope,
                    g->cfg->id_scope);

@@ -32,10 +32,18 @@ enum record_state {
     RECORD_FAILED = 4,   /* DPS said the assignment failed */
 };
 
+/*
+ * Set before the signed registration request, cleared when its outcome is recorded. DPS may
+ * have moved the device to another hub as soon as it got that request, so a boot that finds
+ * the flag registers again instead of trusting the recorded assignment (which `sas` keeps using
+ * until then). The write also proves the owner authorization before DPS is asked.
+ */
+#define RECORD_FLAG_REGISTERING 0x01
+
 struct record {
     uint32_t sequence;
     uint8_t state; /* enum record_state */
-    uint8_t flags;
+    uint8_t flags; /* RECORD_FLAG_* */
     uint32_t identity_handle;
     uint64_t changed_at; /* Unix time of the last change, as the device's clock said */
     int32_t dps_error;   /* DPS errorCode when state is FAILED or DISABLED */

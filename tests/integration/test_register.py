@@ -81,7 +81,7 @@ def newest_record(tpm):
                                      4: "failed"}.get(p[0], p[0]),
                "identity_handle": int.from_bytes(p[2:6], "big"),
                "changed_at": int.from_bytes(p[6:14], "big"),
-               "dps_error": int.from_bytes(p[14:18], "big", signed=True)}
+               "dps_error": int.from_bytes(p[14:18], "big", signed=True), "flags": p[1]}
         pos = 18
         for field in ("id_scope", "registration_id", "hub", "device_id", "identity_name"):
             n = p[pos]
@@ -413,6 +413,9 @@ def test_b23_operation_status_it_does_not_know_is_asked_again_with_backoff_not_a
     ("wrong_content_type", "get", ()),
     ("truncated_json", "put_auth", ("not the JSON", "sending it again")),
     ("truncated_json", "get", ("not valid JSON",)),
+    # A 401 that is not JSON at all says nothing about the enrollment (not exit 6).
+    ("malformed_json", "put_challenge", ("challenge is not valid JSON",)),
+    ("truncated_json", "put_challenge", ("challenge is not valid JSON",)),
     ("drop", "put_challenge", ("PUT register",)),
 ])
 def test_hostile_answer_once_is_survived_and_named(device, fault, on, words):
@@ -469,7 +472,8 @@ def test_corrupted_hub_key_on_force_keeps_the_previous_identity(device, fault, s
     provisioned(device)
     emu, tpm, regid = device.emu, device.tpm, device.registration_id
     k2_old = emu.keys(regid)[1]
-    state = tpm_state(device)
+    snapshot = tpm.snapshot()
+    before = newest_record(tpm)
     name = key_name(tpm, IDENTITY, device.workdir)
     ident = device.identity()
     assert signed_with(sas(device), k2_old)
@@ -481,7 +485,13 @@ def test_corrupted_hub_key_on_force_keeps_the_previous_identity(device, fault, s
     assert "hub key" in res.stderr or "import" in res.stderr.lower(), res.stderr
     assert [e["faults"] for e in device_requests(emu)][-1] == [fault]
     assert emu.keys(regid)[1] != k2_old           # DPS did assign a new key, which was bad
-    assert tpm_state(device) == state
+    assert tpm.snapshot() == snapshot
+    after = newest_record(tpm)
+    # The record is the same assignment, marked as a registration that did not finish
+    # (RECORD_FLAG_REGISTERING): DPS has moved on, so the next boot must ask again.
+    assert after["flags"] == 1 and before["flags"] == 0
+    assert {k: v for k, v in after.items() if k not in ("seq", "flags")} == \
+        {k: v for k, v in before.items() if k not in ("seq", "flags")}
     assert key_name(tpm, IDENTITY, device.workdir) == name
     assert device.identity() == ident
     token = sas(device)
@@ -489,6 +499,13 @@ def test_corrupted_hub_key_on_force_keeps_the_previous_identity(device, fault, s
     assert json.loads(device.run("status", "--json", check=0).stdout)["state"]["state"] == \
         "assigned"
     assert_no_leftovers(tpm)
+
+    # The next boot (no --force) registers again and the hub takes the new key.
+    emu.clear_log()
+    res, _ = register(device, check=0)
+    assert "did not finish" in res.stderr
+    assert device.hub_check() == 200
+    assert newest_record(tpm)["flags"] == 0
 
 
 def test_key_for_another_device_is_refused_by_activate_credential(device):

@@ -566,6 +566,53 @@ def test_b29d_reassigned_to_hub_b_with_data_migrated(dev):
     assert d.hub_check(token) == 200
 
 
+def test_b29_failed_reregistration_keeps_the_working_identity_and_tries_again_next_boot(dev):
+    """A transient `failed` from DPS on a re-registration takes nothing away: the hub still
+    knows the device and its key, so sas goes on signing and identity.json stays; the next
+    boot asks DPS again instead of taking the fast path."""
+    d, emu = dev, dev.emu
+    d.run("register", check=0)
+    ident = d.identity()
+    emu.set_fault("assign_failed", count=1, error_code=500000,
+                  error_message="Internal allocation error (emulated)")
+    emu.clear_log()
+
+    res = d.run("register", "--force")
+
+    assert res.returncode == 6, res.stderr
+    assert "500000" in res.stderr and "stays in use" in res.stderr
+    assert record(d)["state"] == "assigned" and d.identity() == ident
+    assert d.hub_check() == 200
+
+    emu.clear_log()
+    res = d.run("register", check=0)           # the next boot: no --force
+    assert "did not finish" in res.stderr, res.stderr
+    assert [e["kind"] for e in device_log(emu)][:2] == ["put_challenge", "put_auth"]
+    assert d.hub_check() == 200
+    emu.clear_log()
+    d.run("register", check=0)                 # and then the fast path again
+    assert device_log(emu) == []
+
+
+def test_b01_wrong_owner_authorization_is_found_before_dps_is_asked_to_assign(dev):
+    """The owner authorization was changed by someone else after provisioning and the value
+    given is wrong: the agent finds out with its first NV write, before the signed request,
+    so DPS never re-assigns the device and the old identity keeps working."""
+    d, emu = dev, dev.emu
+    d.run("register", check=0)
+    d.tpm.tpm2("changeauth", "-c", "o", OWNER_X)
+    wrong = d.agent.secret_file("owner-wrong", "not-" + OWNER_X)
+    emu.clear_log()
+
+    res = d.run("--owner-auth=" + wrong, "register", "--force")
+
+    assert res.returncode == 4, res.stderr
+    assert "owner" in res.stderr
+    assert "put_auth" not in [e["kind"] for e in device_log(emu)]
+    assert record(d)["state"] == "assigned"
+    assert d.hub_check() == 200
+
+
 # ------------------------------------------------------------------------------------ B31
 
 

@@ -132,20 +132,31 @@ def hub_accepts(b, emu):
                          hub=ident["assignedHub"], sr=fields["sr"]).status == 200
 
 
+def hub_of(b):
+    rc, out, err = b.run("status", "--json")
+    assert rc == 0, err
+    return json.loads(out)["state"].get("assignedHub")
+
+
+HUB_B = "hub-b.azure-devices.net"
+
+
 def pytest_generate_tests(metafunc):
+    # The numbers of commands are measured at collection time, with a throwaway emulator.
     if "cut" in metafunc.fixturenames:
-        # The number of commands is measured at collection time, with a throwaway emulator.
-        n = _count_commands()
-        metafunc.parametrize("cut", range(1, n + 1))
+        metafunc.parametrize("cut", range(1, _count_commands() + 1))
+    if "recut" in metafunc.fixturenames:
+        metafunc.parametrize("recut", range(1, _count_commands("reregister") + 1))
 
 
 _COUNT = {}
 
 
-def _count_commands():
-    """TPM commands of one clean first boot (own + register), measured with a throwaway
-    emulator when the tests are collected."""
-    if "n" not in _COUNT:
+def _count_commands(what="first"):
+    """TPM commands of one clean first boot (own + register), or of a re-registration to
+    another hub (register --force), measured with a throwaway emulator when the tests are
+    collected."""
+    if what not in _COUNT:
         d = tempfile.mkdtemp(prefix="tpmprov-powercut-count-")
         os.makedirs(os.path.join(d, "emu"))
         os.makedirs(os.path.join(d, "dev"))
@@ -158,13 +169,26 @@ def _count_commands():
                 b.proxy.reset_log()
                 results = b.first_boot()
                 assert all(r[1] == 0 for r in results), results
-                _COUNT["n"] = len(b.proxy.log)
+                _COUNT["first"] = len(b.proxy.log)
+                move_to_hub_b(b, e)
+                b.proxy.reset_log()
+                rc, _, err = b.run("register", "--force")
+                assert rc == 0, err
+                _COUNT["reregister"] = len(b.proxy.log)
             finally:
                 b.close()
         finally:
             e.close()
             shutil.rmtree(d, ignore_errors=True)
-    return _COUNT["n"]
+    return _COUNT[what]
+
+
+def move_to_hub_b(b, emu):
+    """The enrollment now allocates hub B (a reassignment, field case B29 d)."""
+    rc, out, err = b.run("ek", "--json")
+    assert rc == 0, err
+    emu.create_enrollment(base64.b64decode(json.loads(out)["endorsementKey"]),
+                          iotHubHostName=HUB_B)
 
 
 @pytest.mark.parametrize("mode", ["after", "before", "kill"])
@@ -223,5 +247,57 @@ def test_power_cut_or_kill_at_every_command_of_a_first_boot(mode, cut, tmp_path,
         # At most one registration's worth of extra DPS requests for the cut.
         spent = len(device_requests(emu)) - requests_before
         assert spent <= 2 * clean["requests"], spent
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("mode", ["after", "before", "kill"])
+def test_power_cut_or_kill_at_every_command_of_a_reregistration_to_another_hub(mode, recut,
+                                                                               tmp_path, emu):
+    """A provisioned device re-registers (register --force) after its enrollment moved to hub
+    B, and the power goes (or the agent is killed) at command N of it. The next boots must end
+    on hub B with a key hub B accepts: never on the old hub with the new key, which the fast
+    path would keep for good."""
+    b = Boot(tmp_path, emu)
+    try:
+        enroll(b, emu)
+        assert all(r[1] == 0 for r in b.first_boot())
+        move_to_hub_b(b, emu)
+        b.proxy.reset_log()
+
+        if mode == "kill":
+            held = b.proxy.pause("after", n=recut)
+            p = b.start("register", "--force")
+            while p.poll() is None and not held.reached.is_set():
+                held.reached.wait(0.05)
+            if held.reached.is_set():
+                p.kill()
+                p.wait()
+                held.release()
+            p.communicate()
+            b.proxy.wait_idle()
+            b.tpm.tpm2("flushcontext", "-t")
+            b.tpm.tpm2("flushcontext", "-l")
+        else:
+            (b.proxy.cut_after if mode == "after" else b.proxy.cut_before)(n=recut)
+            b.run("register", "--force")
+            assert b.proxy.cut_event.is_set(), "the cut point was never reached"
+            b.tpm.start()
+
+        # The next boots: own, then register (no --force: what a boot runs).
+        for attempt in range(2):
+            results = b.first_boot()
+            if all(r[1] == 0 for r in results) and len(results) == 2:
+                break
+        assert all(r[1] == 0 for r in results) and len(results) == 2, results
+        if hub_of(b) != HUB_B:
+            # The cut came before DPS answered: the old assignment stands, whole and working.
+            assert hub_accepts(b, emu)
+            rc, _, err = b.run("register", "--force")
+            assert rc == 0, err
+        assert hub_of(b) == HUB_B
+        assert hub_accepts(b, emu)
+        assert {EK, SRK, IDENTITY} <= set(b.tpm.persistent_handles())
+        assert_no_leftovers(b.tpm)
     finally:
         b.close()
