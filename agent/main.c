@@ -310,7 +310,7 @@ int main(int argc, char *argv[]) {
     const char *only_for = NULL, *only_cmd = NULL, *enroll_only = NULL;
     const struct command *cmd = NULL;
     bool help = false;
-    int c, r = 0, level = LOG_INFO;
+    int c, r = 0, level = LOG_INFO, status;
 
     /* The TSS's own log prints errors for expected answers (a handle that is not there) and,
      * at debug level, session secrets; the agent reports failures itself (STYLE.md 3). */
@@ -367,13 +367,19 @@ int main(int argc, char *argv[]) {
         case 'v': level = level < LOG_DEBUG ? level + 1 : LOG_DEBUG; break;
         case 'q': level = LOG_ERR; break;
         case 'h': help = true; break;
-        case OPT_VERSION: printf("tpm-provision %s\n", VERSION); return EXIT_OK;
+        case OPT_VERSION:
+            printf("tpm-provision %s\n", VERSION);
+            status = EXIT_OK;
+            goto done;
         default:
             fprintf(stderr, "Try 'tpm-provision --help'.\n");
-            return EXIT_USAGE;
+            status = EXIT_USAGE;
+            goto done;
         }
-        if (r < 0)
-            return EXIT_USAGE;
+        if (r < 0) {
+            status = EXIT_USAGE;
+            goto done;
+        }
     }
     log_set_max_level(level);
 
@@ -383,12 +389,14 @@ int main(int argc, char *argv[]) {
                 cmd = &commands[i];
         if (!cmd) {
             log_error("Unknown command '%s'. Try 'tpm-provision --help'.", argv[optind]);
-            return EXIT_USAGE;
+            status = EXIT_USAGE;
+            goto done;
         }
         if (optind + 1 < argc) {
             log_error("Unexpected argument '%s' after '%s'.", secret_shown(argv[optind + 1]),
                       cmd->name);
-            return EXIT_USAGE;
+            status = EXIT_USAGE;
+            goto done;
         }
     }
     if (help) {
@@ -397,38 +405,46 @@ int main(int argc, char *argv[]) {
                    "'tpm-provision --help'.\n", cmd->synopsis, cmd->help);
         else
             help_global(stdout);
-        return EXIT_OK;
+        status = EXIT_OK;
+        goto done;
     }
     if (!cmd) {
         help_global(stderr);
-        return EXIT_USAGE;
+        status = EXIT_USAGE;
+        goto done;
     }
     if (o.format != OUTPUT_TEXT && !(cmd->formats & (1u << o.format))) {
         log_error("'%s' does not take --%s.", cmd->name, o.format == OUTPUT_JSON ? "json" : "csv");
-        return EXIT_USAGE;
+        status = EXIT_USAGE;
+        goto done;
     }
     if (o.set_lockout_auth_file && cmd->run != cmd_own) {
         log_error("--set-lockout-auth goes with 'own' only.");
-        return EXIT_USAGE;
+        status = EXIT_USAGE;
+        goto done;
     }
     if (only_for && strcmp(cmd->name, only_cmd) != 0) {
         log_error("%s goes with '%s' only.", only_for, only_cmd);
-        return EXIT_USAGE;
+        status = EXIT_USAGE;
+        goto done;
     }
     if (enroll_only && cmd->run != cmd_enroll) {
         log_error("%s goes with 'enroll' only.", enroll_only);
-        return EXIT_USAGE;
+        status = EXIT_USAGE;
+        goto done;
     }
     if (o.n_previous > 0 && cmd->run != cmd_ek && cmd->run != cmd_enroll) {
         log_error("--previous goes with 'ek' and 'enroll' only.");
-        return EXIT_USAGE;
+        status = EXIT_USAGE;
+        goto done;
     }
 
     if (v.config) {
         /* A file named on the command line must be there; only the default may be missing. */
         if (access(v.config, R_OK) < 0) {
             log_error("Cannot read the configuration file --config=%s: %m.", v.config);
-            return EXIT_USAGE;
+            status = EXIT_USAGE;
+            goto done;
         }
         setenv("TPM_PROVISION_CONFIG", v.config, 1);
     }
@@ -440,8 +456,11 @@ int main(int argc, char *argv[]) {
     if (r >= 0)
         r = cmd->run(&o);
     config_done(&o.cfg);
+    status = exit_code_from_errno(r);
+done:
+    /* Every way out frees what the repeatable options collected (LeakSanitizer checks). */
     free(o.previous);
     free(o.lists);
     free(o.iot_hubs);
-    return exit_code_from_errno(r);
+    return status;
 }
