@@ -19,6 +19,16 @@ static bool public_is_ours(const TPM2B_NV_PUBLIC *p) {
            p->nvPublic.authPolicy.size == 0 && p->nvPublic.dataSize == RECORD_INDEX_SIZE;
 }
 
+/* The public area tpm-provision defines the index with (docs/state-record.md). */
+static TPMS_NV_PUBLIC our_public(TPM2_HANDLE index) {
+    return (TPMS_NV_PUBLIC){
+        .nvIndex = index,
+        .nameAlg = TPM2_ALG_SHA256,
+        .attributes = NVSTATE_ATTRIBUTES,
+        .dataSize = RECORD_INDEX_SIZE,
+    };
+}
+
 /*
  * Without reading the public area again: the Name ESAPI already took from the TPM is the hash
  * of the public area, so an index defined exactly as ours (written or not) has one of two
@@ -32,15 +42,12 @@ static bool name_is_ours(struct tpm *t, ESYS_TR tr, TPM2_HANDLE index) {
     if (Esys_TR_GetName(t->esys, tr, &name) != TSS2_RC_SUCCESS)
         return false;
     for (int written = 0; written < 2 && !ours; written++) {
-        TPMS_NV_PUBLIC pub = {
-            .nvIndex = index,
-            .nameAlg = TPM2_ALG_SHA256,
-            .attributes = NVSTATE_ATTRIBUTES | (written ? TPMA_NV_WRITTEN : 0),
-            .dataSize = RECORD_INDEX_SIZE,
-        };
+        TPMS_NV_PUBLIC pub = our_public(index);
         uint8_t buf[sizeof(TPMS_NV_PUBLIC)], want[2 + SHA256_DIGEST_LENGTH];
         size_t len = 0;
 
+        if (written)
+            pub.attributes |= TPMA_NV_WRITTEN;
         if (Tss2_MU_TPMS_NV_PUBLIC_Marshal(&pub, buf, sizeof(buf), &len) != TSS2_RC_SUCCESS)
             break;
         want[0] = TPM2_ALG_SHA256 >> 8;
@@ -92,14 +99,7 @@ int nvstate_load(struct tpm *t, TPM2_HANDLE index, bool check_public, struct nvs
 }
 
 int nvstate_define(struct tpm *t, struct nvstate *s) {
-    TPM2B_NV_PUBLIC pub = {
-        .nvPublic = {
-            .nvIndex = s->index,
-            .nameAlg = TPM2_ALG_SHA256,
-            .attributes = NVSTATE_ATTRIBUTES,
-            .dataSize = RECORD_INDEX_SIZE,
-        },
-    };
+    TPM2B_NV_PUBLIC pub = {.nvPublic = our_public(s->index)};
     TPM2B_AUTH empty = {0};
     TSS2_RC rc;
 
