@@ -543,10 +543,6 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
     return cmd_write_handoff(&rec);
 }
 
-/* failed and disabled are kept in the record, so status shows them and the next run asks DPS
- * again; they replace a cached assignment (field case B29), whose hand-off file goes, so the
- * device's IoT client stops using it. The identity key stays, named in the record, so that a
- * later assignment replaces it. */
 /* RECORD_FLAG_REGISTERING goes into the record before DPS sees the signed request. */
 static int mark_registering(struct registration *g) {
     struct record rec = g->state.record;
@@ -562,6 +558,11 @@ static int mark_registering(struct registration *g) {
     return 0;
 }
 
+/* failed and disabled are kept in the record, so status shows them and the next run asks DPS
+ * again; disabled, and failed on a first registration, replace a cached assignment (field case
+ * B29), whose hand-off file goes, so the device's IoT client stops using it. A failed
+ * re-registration keeps the assignment that works. The identity key stays, named in the record,
+ * so that a later assignment replaces it. */
 static int record_refusal(struct registration *g, const struct dps_answer *a) {
     struct record rec = g->state.record;
     const char *what = a->status == DPS_STATUS_DISABLED ? "disabled" : "failed";
