@@ -191,6 +191,47 @@ def move_to_hub_b(b, emu):
                           iotHubHostName=HUB_B)
 
 
+def interrupt(b, mode, n, runs):
+    """Runs the agent commands `runs` (argument tuples) in order, as a boot does, and cuts the
+    TPM's power after or before TPM command n, or kills the agent at it; stops at the first
+    command that fails. Returns with the TPM powered again and no session of the dead agent
+    left, as the kernel's resource manager would leave it."""
+    if mode == "kill":
+        held = b.proxy.pause("after", n=n)
+        for args in runs:
+            p = b.start(*args)
+            while p.poll() is None and not held.reached.is_set():
+                held.reached.wait(0.05)
+            if held.reached.is_set():
+                p.kill()
+                p.wait()
+                held.release()
+                p.communicate()
+                break
+            _, err = p.communicate()
+            assert p.returncode == 0, err
+        # What the kernel's resource manager does for a process that died.
+        b.proxy.wait_idle()
+        b.tpm.tpm2("flushcontext", "-t")
+        b.tpm.tpm2("flushcontext", "-l")
+    else:
+        (b.proxy.cut_after if mode == "after" else b.proxy.cut_before)(n=n)
+        for args in runs:
+            if b.run(*args)[0] != 0:
+                break
+        assert b.proxy.cut_event.is_set(), "the cut point was never reached"
+        b.tpm.start()  # power comes back: swtpm's next start follows an unclean stop
+
+
+def boot_until_up(b):
+    """Boots again (own, then register) until both phases succeed: at most two more boots."""
+    for attempt in range(2):
+        results = b.first_boot()
+        if all(r[1] == 0 for r in results) and len(results) == 2:
+            return
+    assert all(r[1] == 0 for r in results) and len(results) == 2, results
+
+
 @pytest.mark.parametrize("mode", ["after", "before", "kill"])
 def test_power_cut_or_kill_at_every_command_of_a_first_boot(mode, cut, tmp_path,
                                                              tmp_path_factory, emu):
@@ -202,38 +243,8 @@ def test_power_cut_or_kill_at_every_command_of_a_first_boot(mode, cut, tmp_path,
         requests_before = len(device_requests(emu))
         b.proxy.reset_log()
 
-        if mode == "kill":
-            held = b.proxy.pause("after", n=cut)
-            procs = []
-            for cmd in ("own", "register"):
-                p = b.start(cmd)
-                procs.append(p)
-                while p.poll() is None and not held.reached.is_set():
-                    held.reached.wait(0.05)
-                if held.reached.is_set():
-                    p.kill()
-                    p.wait()
-                    held.release()
-                    break
-                assert p.returncode == 0, p.stderr.read()
-            for p in procs:
-                p.communicate()
-            # What the kernel's resource manager does for a process that died.
-            b.proxy.wait_idle()
-            b.tpm.tpm2("flushcontext", "-t")
-            b.tpm.tpm2("flushcontext", "-l")
-        else:
-            (b.proxy.cut_after if mode == "after" else b.proxy.cut_before)(n=cut)
-            b.first_boot()
-            assert b.proxy.cut_event.is_set(), "the cut point was never reached"
-            b.tpm.start()  # power comes back: swtpm's next start follows an unclean stop
-
-        # Boot again until both phases succeed: at most two more boots.
-        for attempt in range(2):
-            results = b.first_boot()
-            if all(r[1] == 0 for r in results) and len(results) == 2:
-                break
-        assert all(r[1] == 0 for r in results) and len(results) == 2, results
+        interrupt(b, mode, cut, [("own",), ("register",)])
+        boot_until_up(b)
 
         status = json.loads(b.run("status", "--json")[1])
         assert status["state"]["state"] == "assigned"
@@ -265,31 +276,8 @@ def test_power_cut_or_kill_at_every_command_of_a_reregistration_to_another_hub(m
         move_to_hub_b(b, emu)
         b.proxy.reset_log()
 
-        if mode == "kill":
-            held = b.proxy.pause("after", n=recut)
-            p = b.start("register", "--force")
-            while p.poll() is None and not held.reached.is_set():
-                held.reached.wait(0.05)
-            if held.reached.is_set():
-                p.kill()
-                p.wait()
-                held.release()
-            p.communicate()
-            b.proxy.wait_idle()
-            b.tpm.tpm2("flushcontext", "-t")
-            b.tpm.tpm2("flushcontext", "-l")
-        else:
-            (b.proxy.cut_after if mode == "after" else b.proxy.cut_before)(n=recut)
-            b.run("register", "--force")
-            assert b.proxy.cut_event.is_set(), "the cut point was never reached"
-            b.tpm.start()
-
-        # The next boots: own, then register (no --force: what a boot runs).
-        for attempt in range(2):
-            results = b.first_boot()
-            if all(r[1] == 0 for r in results) and len(results) == 2:
-                break
-        assert all(r[1] == 0 for r in results) and len(results) == 2, results
+        interrupt(b, mode, recut, [("register", "--force")])
+        boot_until_up(b)   # own, then register (no --force: what a boot runs)
         if hub_of(b) != HUB_B:
             # The cut came before DPS answered: the old assignment stands, whole and working.
             assert hub_accepts(b, emu)
