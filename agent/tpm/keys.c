@@ -150,30 +150,38 @@ static int parse_cert(struct ek_cert *c, uint8_t *data, size_t len) {
     return 0;
 }
 
-int ek_cert_read(struct tpm *t, const struct hierarchy_auths *a, struct ek_cert *ret) {
-    uint8_t *data = NULL;
-    size_t len = 0;
+/* Reads one of the TPM maker's indices (EK certificate, template, nonce): with its own
+ * authorization, and when the index does not allow that (no AUTHREAD, or the platform refused
+ * its own authorization) with the owner's, but only when OWNERREAD allows it and the value is
+ * known (field case B21). -ENOENT when the index is not defined. */
+static int nv_read_maker_index(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE index,
+                               uint8_t **ret, size_t *ret_len) {
     TPMA_NV attrs = 0;
     int r;
 
+    r = nv_read_all(t, index, ESYS_TR_NONE, ret, ret_len, &attrs);
+    if (r >= 0 || r == -ENOENT || r == -ENODATA || !tpm_rc_from_tpm(t->last_rc))
+        return r;
+    if (!(attrs & TPMA_NV_OWNERREAD) ||
+        !(a->auth[HIERARCHY_OWNER].supplied || !hierarchy_auth_is_set(t, HIERARCHY_OWNER)))
+        return r;
+    log_debug("Reading NV index 0x%08x with its own authorization failed (%s); trying owner "
+              "authorization.", index, tpm_last_error(t));
+    return nv_read_all(t, index, ESYS_TR_RH_OWNER, ret, ret_len, NULL);
+}
+
+int ek_cert_read(struct tpm *t, const struct hierarchy_auths *a, struct ek_cert *ret) {
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int r;
+
     *ret = (struct ek_cert){0};
-    r = nv_read_all(t, EK_CERT_RSA_INDEX, ESYS_TR_NONE, &data, &len, &attrs);
+    r = nv_read_maker_index(t, a, EK_CERT_RSA_INDEX, &data, &len);
     if (r == -ENOENT)
         return 0;
     if (r < 0 && !tpm_rc_from_tpm(t->last_rc))
         return r;
     ret->present = true;
-
-    /* Not AUTHREAD, or the platform refused its own authorization: owner authorization, but
-     * only when OWNERREAD allows it and the value is known (field case B21). */
-    if (r < 0 && r != -ENODATA && (attrs & TPMA_NV_OWNERREAD) &&
-        (a->auth[HIERARCHY_OWNER].supplied || !hierarchy_auth_is_set(t, HIERARCHY_OWNER))) {
-        log_debug("Reading the EK certificate with its own authorization failed (%s); trying "
-                  "owner authorization.", tpm_last_error(t));
-        r = nv_read_all(t, EK_CERT_RSA_INDEX, ESYS_TR_RH_OWNER, &data, &len, NULL);
-        if (r < 0 && !tpm_rc_from_tpm(t->last_rc))
-            return r;
-    }
     if (r < 0) {
         snprintf(ret->why_unreadable, sizeof(ret->why_unreadable), "%s",
                  r == -ENODATA ? "index defined but never written" : tpm_last_error(t));
@@ -217,7 +225,8 @@ int ek_cert_matches(const struct ek_cert *c, const TPM2B_PUBLIC *pub) {
 
 /* The TPM maker's EK template and nonce in NV override the default (EK Credential Profile
  * 2.x, section 2.2.1.5): the nonce goes to the start of unique, zero-filled to the key size. */
-static int ek_template(struct tpm *t, TPM2B_PUBLIC *ret, bool *ret_from_nv) {
+static int ek_template(struct tpm *t, const struct hierarchy_auths *a, TPM2B_PUBLIC *ret,
+                       bool *ret_from_nv) {
     uint8_t *data = NULL;
     size_t len = 0, off = 0;
     int r;
@@ -225,7 +234,7 @@ static int ek_template(struct tpm *t, TPM2B_PUBLIC *ret, bool *ret_from_nv) {
     ek_template_default(ret);
     *ret_from_nv = false;
 
-    r = nv_read_all(t, EK_TEMPLATE_RSA_INDEX, ESYS_TR_NONE, &data, &len, NULL);
+    r = nv_read_maker_index(t, a, EK_TEMPLATE_RSA_INDEX, &data, &len);
     if (r == -ENOENT)
         return 0;
     if (r < 0)
@@ -240,7 +249,7 @@ static int ek_template(struct tpm *t, TPM2B_PUBLIC *ret, bool *ret_from_nv) {
     ret->publicArea = tmpl;
     *ret_from_nv = true;
 
-    r = nv_read_all(t, EK_NONCE_RSA_INDEX, ESYS_TR_NONE, &data, &len, NULL);
+    r = nv_read_maker_index(t, a, EK_NONCE_RSA_INDEX, &data, &len);
     if (r == -ENOENT)
         return 0;
     if (r < 0)
@@ -285,7 +294,7 @@ static int ek_compute(struct tpm *t, const struct hierarchy_auths *a, ESYS_TR *r
     bool from_nv;
     int r;
 
-    r = ek_template(t, &tmpl, &from_nv);
+    r = ek_template(t, a, &tmpl, &from_nv);
     if (r < 0)
         return r;
     if (from_nv)

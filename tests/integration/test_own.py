@@ -3,6 +3,8 @@ import json
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from tpmcheck import (EK, SRK, STATE_INDEX, assert_no_leftovers, ek_cert, nv_read,  # noqa: E402
                       read_public, rsa_modulus_of_public, variable_property)
@@ -119,7 +121,12 @@ def test_foreign_index_with_a_password_is_never_read_by_sas_or_the_fast_path(tpm
     assert_no_leftovers(tpm)
 
 
-def test_ek_template_and_nonce_in_nv_are_honoured(tpm_no_ek, agent_for, tmp_path):
+@pytest.mark.parametrize("attributes", [
+    "ppwrite|ppread|ownerread|authread|no_da|platformcreate",
+    # Field case B21's kind: readable with the owner's authorization only.
+    "ppwrite|ppread|ownerread|no_da|platformcreate",
+], ids=["authread", "b21-ownerread-only"])
+def test_ek_template_and_nonce_in_nv_are_honoured(tpm_no_ek, agent_for, tmp_path, attributes):
     """A TPM maker's EK template (0x01c00004) and nonce (0x01c00003): the EK is the one
     tpm2_createprimary makes from that template with the nonce as unique, zero-filled."""
     tpm = tpm_no_ek
@@ -132,7 +139,7 @@ def test_ek_template_and_nonce_in_nv_are_honoured(tpm_no_ek, agent_for, tmp_path
     nonce = b"tpm-maker-nonce!"
     for index, data in ((0x01C00004, template), (0x01C00003, nonce)):
         tpm.tpm2("nvdefine", "0x%08x" % index, "-C", "p", "-s", str(len(data)),
-                 "-a", "ppwrite|ppread|ownerread|authread|no_da|platformcreate")
+                 "-a", attributes)
         tpm.tpm2("nvwrite", "0x%08x" % index, "-C", "p", "-i", "-", input=data)
 
     res = agent.run("own", check=0)
