@@ -772,10 +772,12 @@ static int prepare(struct registration *g) {
     return 0;
 }
 
-/* The boot fast path: assigned, same scope, our key in place: nothing to do. */
-static bool already_provisioned(struct registration *g) {
+/* The boot fast path: assigned, same scope, our key in place: nothing to do. 1 when so, 0 when
+ * the device must register, a negative errno when the TPM could not say which. */
+static int already_provisioned(struct registration *g) {
     const struct record *rec = &g->state.record;
     enum identity_slot slot;
+    int r;
 
     if (g->o->force || g->state.status != 0 || rec->state != RECORD_ASSIGNED)
         return false;
@@ -793,11 +795,18 @@ static bool already_provisioned(struct registration *g) {
         log_notice("The registration ID changed; registering again.");
         return false;
     }
-    if (identity_slot_check(g->t, rec->identity_handle, rec->identity_name,
-                            rec->identity_name_size, &slot) < 0 ||
-        slot != IDENTITY_SLOT_OURS) {
-        log_warning("The identity key at 0x%08x is missing; registering again.",
-                    rec->identity_handle);
+    /* Only a key that is not there, or not ours, sends the device to DPS again: a TPM that
+     * failed to answer says nothing about the key, and a new registration over a read error
+     * would replace an identity that works. */
+    r = identity_slot_check(g->t, rec->identity_handle, rec->identity_name,
+                            rec->identity_name_size, &slot);
+    if (r < 0)
+        return log_error_errno(r, "Cannot read the identity key at 0x%08x: %s. The device "
+                               "stays provisioned; not registering again.",
+                               rec->identity_handle, tpm_last_error(g->t));
+    if (slot != IDENTITY_SLOT_OURS) {
+        log_warning("The identity key at 0x%08x is %s; registering again.", rec->identity_handle,
+                    slot == IDENTITY_SLOT_EMPTY ? "missing" : "not the one recorded");
         return false;
     }
     return true;
@@ -846,8 +855,11 @@ int cmd_register(const struct options *o) {
         goto out;
     }
 
-    r = nvstate_load(g.t, o->cfg.state_index, false, &g.state);
-    if (r == 0 && already_provisioned(&g)) {
+    /* No readable record is not an error here: cmd_ensure_state below sorts that out. */
+    r = nvstate_load(g.t, o->cfg.state_index, false, &g.state) == 0 ? already_provisioned(&g) : 0;
+    if (r < 0)
+        goto out;
+    if (r > 0) {
         log_info("Already provisioned: hub %s, device %s. No request sent.", g.state.record.hub,
                  g.state.record.device_id);
         r = cmd_write_handoff(&g.state.record);

@@ -283,6 +283,32 @@ def test_register_tells_a_notify_unit_ready_after_registering_and_on_the_fast_pa
     assert any("STATUS=Already provisioned" in m for m in later), later
 
 
+@pytest.mark.parametrize("rc, exit_code", [(0x12d, EXIT_TPM_UNUSABLE), (0x909, 1)],
+                         ids=["upgrade", "canceled"])
+def test_a_tpm_error_reading_the_identity_key_on_the_fast_path_is_not_a_missing_key(
+        device, tmp_path, rc, exit_code):
+    """The fast path's key check (ReadPublic of the identity handle) answered with an error,
+    not with "no such handle": the device must not go to DPS and replace a working identity
+    over a read error, and the next boot with a TPM that answers takes the fast path."""
+    from tpmproxy import CC, TpmProxy
+
+    provisioned(device)
+    state = tpm_state(device)
+    with TpmProxy(device.tpm, str(tmp_path / "proxy.sock")) as proxy:
+        proxy.inject(rc, CC["ReadPublic"], nth=1)
+        res, _ = register(device, env={"TPM_PROVISION_TCTI": proxy.tcti})
+    assert res.returncode == exit_code, res.stderr
+    assert "Cannot read the identity key at 0x81000100" in res.stderr
+    assert "; registering again" not in res.stderr
+    assert device_requests(device.emu) == []
+    assert tpm_state(device) == state
+
+    res, _ = register(device, check=0)
+    assert "No request sent" in res.stderr
+    assert device_requests(device.emu) == []
+    assert device.hub_check() == 200
+
+
 # -- 3. --force ------------------------------------------------------------------------------
 
 def test_register_force_replaces_the_hub_key(device):
