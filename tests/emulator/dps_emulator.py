@@ -279,9 +279,16 @@ class Emulator:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def build_blob(self, ek_bytes, srk_bytes, key):
+    def build_blob(self, ek_bytes, srk_bytes, key, kind, fired):
         ek = dps_tpm2.parse_rsa_public(ek_bytes)
         srk = dps_tpm2.parse_rsa_public(srk_bytes)
+        if self.faults.take("auth_key_hostile", kind, fired) is not None:
+            # What only an impostor sends: an authValue the device cannot know, and no noDA,
+            # so every try with the empty password counts towards lockout.
+            return dps_tpm2.build_authentication_key(
+                ek, srk, key, self.args.field6_bytes,
+                attributes=dps_tpm2.HMAC_KEY_ATTRIBUTES & ~dps_tpm2.TPMA_OBJECT_NO_DA,
+                auth_value=os.urandom(16))
         return dps_tpm2.build_authentication_key(ek, srk, key, self.args.field6_bytes)
 
     def present_blob(self, kind, blob, srk_bytes, key, fired):
@@ -426,7 +433,7 @@ class DeviceApi:
         if enrolled_srk and _b64decode(enrolled_srk) != srk:
             raise unauthorized("request SRK differs from the enrollment's")
         key = os.urandom(dps_tpm2.HMAC_KEY_BYTES)
-        blob = emu.build_blob(enrolled_ek, srk, key)
+        blob = emu.build_blob(enrolled_ek, srk, key, "put_challenge", fired)
         with emu.lock:
             rec = emu.registrations.get(regid) or {"registrationId": regid}
             rec["challenge"] = {"key": key.hex(), "srk": base64.b64encode(srk).decode(),
@@ -450,7 +457,7 @@ class DeviceApi:
                 self.enrollment(regid)
             self.check_device_sas(auth, scope, regid, rec)
             op = rec.get("operations", {}).get(op_id)
-            if op is None:
+            if op is None or emu.faults.take("operation_lost", "get", fired) is not None:
                 raise ApiError(404, 404203, "Operation %s not found" % op_id)
             if op["result"] is None and op["pollsLeft"] > 0:
                 op["pollsLeft"] -= 1
@@ -464,6 +471,12 @@ class DeviceApi:
                 emu.registrations.put(regid, rec)
             result = op["result"]
         state = dict(result["registrationState"])
+        params = emu.faults.take("assignment_rewritten", "get", fired) \
+            if result["status"] == "assigned" else None
+        if params:
+            # What an impostor can write there: the hub the device then trusts, and any text.
+            state.update({k: v for k, v in (("assignedHub", params["hub"]),
+                                            ("deviceId", params["device_id"])) if v})
         if result.get("blob"):
             blob = base64.b64decode(result["blob"])
             srk = base64.b64decode(rec["challenge"]["srk"])
@@ -502,7 +515,8 @@ class DeviceApi:
         device_id = e.get("deviceId") or regid
         key = os.urandom(dps_tpm2.HMAC_KEY_BYTES)
         srk = base64.b64decode(rec["challenge"]["srk"])
-        blob = emu.build_blob(_b64decode(e["attestation"]["tpm"]["endorsementKey"]), srk, key)
+        blob = emu.build_blob(_b64decode(e["attestation"]["tpm"]["endorsementKey"]), srk, key,
+                              "get", fired)
         rec.setdefault("createdUtc", now)
         state.update(createdDateTimeUtc=rec["createdUtc"], assignedHub=hub, deviceId=device_id,
                      status="assigned", substatus=substatus)

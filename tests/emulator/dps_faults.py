@@ -34,6 +34,12 @@ SPECS = {
     "auth_key_truncated": ("count", "device", {}),
     "auth_key_corrupt": ("count", "device", {"offset": "10"}),
     "auth_key_wrong_device": ("count", "device", {}),
+    # A key DPS never makes: an authValue the device cannot know and no noDA.
+    "auth_key_hostile": ("count", "device", {}),
+    # The assigned answer with another hub and/or device ID (empty: left as it is).
+    "assignment_rewritten": ("count", "get", {"hub": "", "device_id": ""}),
+    # A poll answered 404 "operation not found", as after DPS lost the operation.
+    "operation_lost": ("count", "get", {}),
     "missing_keyname": ("count", "put_challenge", {}),
     "wrong_content_type": ("count", "device", {"value": "text/html; charset=utf-8"}),
     "oversize_body": ("count", "device", {"bytes": str(10 * 1024 * 1024)}),

@@ -25,6 +25,7 @@ TPM_ALG_ECC = 0x0023
 
 # §3.4: sign | userWithAuth | noDA; no fixedTPM/fixedParent, which Import requires.
 HMAC_KEY_ATTRIBUTES = 0x00040440
+TPMA_OBJECT_NO_DA = 0x00000400
 # §3.4: PolicyCommandCode(TPM_CC_Duplicate), so a server-side TPM could duplicate the key.
 HMAC_KEY_POLICY = bytes.fromhex(
     "bef56b8c1cc84e11edd717528d2cd99356bd2bbf8f015209c3f84aeeaba8e8a2")
@@ -167,10 +168,10 @@ def _tpm2b(data):
     return _u16(len(data)) + data
 
 
-def hmac_key_public(seed, key):
+def hmac_key_public(seed, key, attributes=HMAC_KEY_ATTRIBUTES):
     """§3.4 KEYEDHASH TPMT_PUBLIC for the HMAC key; unique = SHA-256(seed ‖ key)."""
     return (_u16(TPM_ALG_KEYEDHASH) + _u16(TPM_ALG_SHA256)
-            + struct.pack(">I", HMAC_KEY_ATTRIBUTES) + _tpm2b(HMAC_KEY_POLICY)
+            + struct.pack(">I", attributes) + _tpm2b(HMAC_KEY_POLICY)
             + _u16(TPM_ALG_HMAC) + _u16(TPM_ALG_SHA256)
             + _tpm2b(hashlib.sha256(seed + key).digest()))
 
@@ -186,13 +187,15 @@ def make_credential(ek, credential, object_name):
     return _tpm2b(_tpm2b(integrity) + enc_identity), _tpm2b(secret)
 
 
-def duplicate_hmac_key(srk, key, inner_key):
+def duplicate_hmac_key(srk, key, inner_key, attributes=HMAC_KEY_ATTRIBUTES, auth_value=b""):
     """§5.2 B-E: wrap the HMAC key to the SRK with an inner AES-CFB wrapper (inner_key) and
-    an outer wrapper from a fresh seed.  Returns (field3, field4, field5)."""
+    an outer wrapper from a fresh seed.  Returns (field3, field4, field5).  DPS's keys have
+    the §3.4 attributes and an empty authValue; other values make a key DPS never sends."""
     obfuscation = os.urandom(SEED_BYTES)
-    public = hmac_key_public(obfuscation, key)
+    public = hmac_key_public(obfuscation, key, attributes)
     id_name = _u16(TPM_ALG_SHA256) + hashlib.sha256(public).digest()
-    sensitive = (_u16(TPM_ALG_KEYEDHASH) + _tpm2b(b"") + _tpm2b(obfuscation) + _tpm2b(key))
+    sensitive = (_u16(TPM_ALG_KEYEDHASH) + _tpm2b(auth_value) + _tpm2b(obfuscation)
+                 + _tpm2b(key))
     s2b = _tpm2b(sensitive)
     inner_integrity = hashlib.sha256(s2b + id_name).digest()
     enc_sensitive = aes_cfb(inner_key, _tpm2b(inner_integrity) + s2b)
@@ -207,14 +210,15 @@ def duplicate_hmac_key(srk, key, inner_key):
             _tpm2b(public))
 
 
-def build_authentication_key(ek, srk, key, field6_bytes=DEFAULT_FIELD6_BYTES):
+def build_authentication_key(ek, srk, key, field6_bytes=DEFAULT_FIELD6_BYTES,
+                             attributes=HMAC_KEY_ATTRIBUTES, auth_value=b""):
     """§5.2: the activation blob that lets the TPM holding `ek` import the HMAC key `key`
     under `srk`.  Fields in the §2.1 order; field 6 is field6_bytes of data encrypted
     under the inner key (the device ignores it)."""
     if len(key) != HMAC_KEY_BYTES:
         raise ValueError("HMAC key must be %d bytes" % HMAC_KEY_BYTES)
     inner_key = os.urandom(INNER_KEY_BYTES)
-    field3, field4, field5 = duplicate_hmac_key(srk, key, inner_key)
+    field3, field4, field5 = duplicate_hmac_key(srk, key, inner_key, attributes, auth_value)
     field1, field2 = make_credential(ek, inner_key, srk.name)
     data = (b"emulated-dps:uri-data:" * (field6_bytes // 22 + 1))[:field6_bytes]
     field6 = _tpm2b(aes_cfb(inner_key, data) if data else b"")

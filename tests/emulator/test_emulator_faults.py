@@ -228,6 +228,30 @@ def test_assign_failed(emu, make_device):
     assert dev.register().json()["status"] == "assigned"
 
 
+def test_operation_lost(emu, make_device):
+    """A poll answered 404 404203 as if DPS had lost the operation; the next poll is
+    answered as usual."""
+    dev = make_device()
+    emu.set_faults({"operation_lost": 1, "polls": 0})
+    assert dev.challenge().status == 401
+    auth = dev.auth()
+    op_id = dev.put_auth(auth).json()["operationId"]
+    lost = dev.poll(op_id, auth)
+    assert lost.status == 404
+    assert lost.json()["errorCode"] == 404203
+    assert fired(emu, "get")[-1][2] == ["operation_lost"]
+    assert dev.poll(op_id, auth).json()["status"] == "assigned"
+
+
+def test_assignment_rewritten(emu, make_device):
+    dev = make_device()
+    emu.set_faults({"assignment_rewritten": {"count": 1, "device_id": "a/b&c"}, "polls": 0})
+    state = dev.register().json()["registrationState"]
+    assert state["deviceId"] == "a/b&c"
+    assert state["assignedHub"] == emu.hub_host and state["tpm"]["authenticationKey"]
+    assert dev.register().json()["registrationState"]["deviceId"] != "a/b&c"
+
+
 def test_b29_hub_401(emu, make_device):
     dev = make_device()
     dev.register()

@@ -204,6 +204,25 @@ def test_tpm_refuses_corrupted_hub_key_in_assigned_response(emu, tpmdev):
     assert tpmdev.clean()
 
 
+def test_hostile_key_imports_but_refuses_the_empty_password_and_counts(emu, tpmdev):
+    """auth_key_hostile: a well-formed blob the TPM imports, for a key with an authValue
+    and without noDA, so the empty-password HMAC every client uses fails and the TPM's
+    dictionary-attack counter goes up by one. What the agent must stop after once."""
+    from tpmcheck import variable_property
+
+    regid = emu.create_enrollment(tpmdev.ek, "tpm-hostile")
+    emu.set_fault("auth_key_hostile", 1, on="put_challenge")
+    ctx = tpmdev.activate(challenge(emu, tpmdev, regid))
+    before = variable_property(tpmdev.tpm, "TPM2_PT_LOCKOUT_COUNTER")
+    with pytest.raises(RuntimeError, match="hmac"):
+        tpmdev.hmac(ctx, b"empty password")
+    assert variable_property(tpmdev.tpm, "TPM2_PT_LOCKOUT_COUNTER") == before + 1
+    good = tpmdev.activate(challenge(emu, tpmdev, regid))
+    tpmdev.hmac(good, b"the next challenge is DPS's again")
+    assert variable_property(tpmdev.tpm, "TPM2_PT_LOCKOUT_COUNTER") == before + 1
+    assert tpmdev.clean()
+
+
 def test_tpm_signed_sas_in_ais_encoding_is_accepted(emu, tpmdev):
     """§1.6 AIS variant signed by the TPM: lowercased resource, literal '/'."""
     regid = emu.create_enrollment(tpmdev.ek, "tpm-ais")
