@@ -131,7 +131,8 @@ int cmd_ensure_state(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE
     } else if (ret->status == -EBADMSG)
         log_warning("The state record in 0x%08x is damaged; writing a fresh one.", index);
 
-    struct record rec = {.state = RECORD_OWNED, .changed_at = (uint64_t)time(NULL)};
+    struct record rec = {.state = RECORD_OWNED, .changed_at = (uint64_t)time(NULL),
+                         .flags = ret->status == -EBADMSG ? RECORD_FLAG_REBUILT : 0};
     r = nvstate_save(t, ret, &rec);
     if (r < 0)
         return hierarchy_log_failure(t, a, HIERARCHY_OWNER, r, "write the state NV index");

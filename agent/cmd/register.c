@@ -235,6 +235,22 @@ static int import_key(struct registration *g, const char *base64, const char *wh
     return r;
 }
 
+/*
+ * DPS wraps its keys with an empty authorization value (protocol document 3.4), and every
+ * client signs with an empty password. A key the TPM refuses that for was not made by DPS:
+ * whoever answered is not DPS (an impostor whose CA the device trusts, such as a
+ * TLS-inspecting proxy, field case B31). Such a key need not have noDA, so each further try
+ * could count towards dictionary-attack lockout: one try, then a refusal that the unit does
+ * not restart (exit 6).
+ */
+static int key_refused(const struct registration *g, const char *what) {
+    return log_error_errno(ECONNREFUSED, "The TPM refused the empty authorization for the %s "
+                           "from %s (%s). DPS never makes such a key: whoever answered is not "
+                           "DPS, or something between changed the answer (a TLS-inspecting "
+                           "proxy?). The key is not used again; not retrying.", what,
+                           g->cfg->endpoint, tpm_last_error(g->t));
+}
+
 /* Signs a SAS token for the registration with the challenge key, expiring ttl after DPS's now. */
 static int sign_token(struct registration *g) {
     _cleanup_free_ char *to_sign = NULL;
@@ -246,6 +262,10 @@ static int sign_token(struct registration *g) {
     if (!to_sign)
         return -ENOMEM;
     r = identity_hmac(g->t, g->challenge_key, to_sign, strlen(to_sign), mac);
+    if (r == -EACCES) {
+        identity_flush(g->t, &g->challenge_key);
+        return key_refused(g, "challenge key");
+    }
     if (r < 0)
         return log_error_errno(r, "Cannot sign the DPS token in the TPM: %s",
                                tpm_last_error(g->t));
@@ -330,17 +350,25 @@ static int wait_for_poll(struct registration *g, uint64_t ms) {
     return 0;
 }
 
+/* Answers to a signed request after which the registration starts over with a new
+ * challenge, once. */
+enum start_over {
+    KEEP_GOING,
+    START_OVER_UNAUTHORIZED,   /* 401: a token the server judged by another clock (B26) */
+    START_OVER_OPERATION_LOST, /* 404 to a poll: DPS no longer knows the operation */
+};
+
 /*
  * Sends a request signed with the challenge key, re-signing when the token is about to expire,
- * until an answer arrives that is not a "later". *ret_unauthorized when DPS answered 401; a
- * negative errno for any other answer but 200 and 202, logged as `what`.
+ * until an answer arrives that is not a "later". *ret_start_over when the answer calls for a
+ * new challenge; a negative errno for any other answer but 200 and 202, logged as `what`.
  */
 static int signed_request(struct registration *g, const char *what, const char *method,
                           const char *url, const char *body, struct http_response *resp,
-                          bool *ret_unauthorized) {
+                          enum start_over *ret_start_over) {
     int r;
 
-    *ret_unauthorized = false;
+    *ret_start_over = KEEP_GOING;
     for (;;) {
         if (g->token_expiry < (uint64_t)server_now(g) + 60) {
             r = sign_token(g);
@@ -353,8 +381,11 @@ static int signed_request(struct registration *g, const char *what, const char *
         if (r == DONE)
             break;
     }
-    if (resp->status == 401) {
-        *ret_unauthorized = true;
+    /* A 404 to the PUT is an unknown ID scope (configuration); to a poll, an operation DPS
+     * has lost or expired, which a new registration replaces. */
+    if (resp->status == 401 || (resp->status == 404 && strcmp(method, "GET") == 0)) {
+        *ret_start_over = resp->status == 401 ? START_OVER_UNAUTHORIZED
+                                              : START_OVER_OPERATION_LOST;
         http_response_done(resp);
         return 0;
     }
@@ -367,14 +398,15 @@ static int signed_request(struct registration *g, const char *what, const char *
 }
 
 /* Step 3: the authenticated PUT. Returns the operation in *ret (or the final answer). */
-static int authenticated_put(struct registration *g, struct dps_answer *ret, bool *ret_unauthorized) {
+static int authenticated_put(struct registration *g, struct dps_answer *ret,
+                             enum start_over *ret_start_over) {
     struct http_response resp;
     int r;
 
     for (;;) {
         r = signed_request(g, "PUT register (signed)", "PUT", g->register_url, g->body, &resp,
-                           ret_unauthorized);
-        if (r < 0 || *ret_unauthorized)
+                           ret_start_over);
+        if (r < 0 || *ret_start_over != KEEP_GOING)
             return r;
         g->first_poll_ms = poll_delay_ms(g, &resp);
         r = dps_answer_parse(resp.body, ret);
@@ -395,11 +427,12 @@ static int authenticated_put(struct registration *g, struct dps_answer *ret, boo
 }
 
 /* Step 4: polls the operation until it ends. */
-static int poll_operation(struct registration *g, struct dps_answer *op, bool *ret_unauthorized) {
+static int poll_operation(struct registration *g, struct dps_answer *op,
+                          enum start_over *ret_start_over) {
     _cleanup_free_ char *url = NULL, *op_id = NULL;
     int r;
 
-    *ret_unauthorized = false;
+    *ret_start_over = KEEP_GOING;
     while (op->status == DPS_STATUS_ASSIGNING || op->status == DPS_STATUS_UNASSIGNED ||
            op->status == DPS_STATUS_UNKNOWN) {
         struct http_response resp;
@@ -422,8 +455,8 @@ static int poll_operation(struct registration *g, struct dps_answer *op, bool *r
         }
 
         sd_notify(0, "STATUS=Waiting for DPS to assign a hub");
-        r = signed_request(g, "GET operation", "GET", url, NULL, &resp, ret_unauthorized);
-        if (r < 0 || *ret_unauthorized)
+        r = signed_request(g, "GET operation", "GET", url, NULL, &resp, ret_start_over);
+        if (r < 0 || *ret_start_over != KEEP_GOING)
             return r;
         r = dps_answer_parse(resp.body, &next);
         if (r < 0) {
@@ -463,6 +496,42 @@ static int poll_operation(struct registration *g, struct dps_answer *op, bool *r
     return 0;
 }
 
+/*
+ * What sits at the identity handle, for a registration. After a damaged record was replaced
+ * (RECORD_FLAG_REBUILT) the Name of the agent's own key is lost; a key there with the shape of
+ * a DPS identity key is then taken for the agent's own. The state index is the agent's (its
+ * Name says so), and a registration with this TPM's EK makes DPS replace whatever key it gave
+ * before, so such a key stops working either way once this device registers.
+ */
+static int identity_slot(struct registration *g, const struct record *rec,
+                         enum identity_slot *ret) {
+    bool dps_key = false;
+    int r;
+
+    r = identity_slot_check(g->t, g->cfg->identity_handle, rec->identity_name,
+                            rec->identity_name_size, ret);
+    if (r < 0 || *ret != IDENTITY_SLOT_FOREIGN || !(rec->flags & RECORD_FLAG_REBUILT))
+        return r;
+    r = identity_is_dps_key(g->t, g->cfg->identity_handle, &dps_key);
+    if (r < 0)
+        return r;
+    if (dps_key) {
+        log_notice("The state record was rebuilt after damage; the DPS identity key at 0x%08x "
+                   "is taken for this agent's own and replaced.", g->cfg->identity_handle);
+        *ret = IDENTITY_SLOT_OURS;
+    }
+    return 0;
+}
+
+/* Untrusted text for a log line: printable ASCII, anything else as '?', cut to size. */
+static void printable(const char *in, char *out, size_t size) {
+    size_t i = 0;
+
+    for (; in[i] && i + 1 < size; i++)
+        out[i] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
+    out[i] = '\0';
+}
+
 /* Step 5: the hub key goes to the identity handle, in the order docs/state-record.md gives,
  * so that a power cut between any two commands leaves a state the next run converges from. */
 static int install_identity(struct registration *g, const struct dps_answer *a) {
@@ -474,13 +543,37 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
     if (!a->assigned_hub || !a->device_id || !a->authentication_key)
         return log_error_errno(EREMOTEIO, "DPS said 'assigned' but left out the hub, the device "
                                "ID or the key; nothing was changed.");
+    /* Both go into the record, the hub's SAS resource and the hand-off file, where a '/' or
+     * '&' would change what they say. */
+    bool hub_ok = dps_hub_name_valid(a->assigned_hub);
+    if (!hub_ok || !dps_device_id_valid(a->device_id)) {
+        char shown[65];
+        printable(hub_ok ? a->device_id : a->assigned_hub, shown, sizeof(shown));
+        return log_error_errno(EREMOTEIO, "DPS assigned %s \"%s\", which IoT Hub never "
+                               "gives; nothing was changed.", hub_ok ? "the device ID" : "the hub",
+                               shown);
+    }
 
     r = import_key(g, a->authentication_key, "hub key", &g->hub_key, &name);
     if (r < 0)
         return r;
 
-    r = identity_slot_check(g->t, g->cfg->identity_handle, rec.identity_name,
-                            rec.identity_name_size, &slot);
+    /* One HMAC with the hub key before it is kept: a key the TPM refuses would fail every
+     * token signed after it, and each failure could count towards lockout. */
+    {
+        static const char probe[] = "tpm-provision: hub key check";
+        uint8_t mac[32];
+
+        r = identity_hmac(g->t, g->hub_key, probe, sizeof(probe) - 1, mac);
+        secure_zero(mac, sizeof(mac));
+        if (r == -EACCES)
+            return key_refused(g, "hub key");
+        if (r < 0)
+            return log_error_errno(r, "Cannot sign with the hub key in the TPM: %s",
+                                   tpm_last_error(g->t));
+    }
+
+    r = identity_slot(g, &rec, &slot);
     if (r < 0)
         return log_error_errno(r, "Cannot read the identity handle 0x%08x: %s",
                                g->cfg->identity_handle, tpm_last_error(g->t));
@@ -501,6 +594,7 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
      * again, not down the fast path with a key the old hub does not know. */
     memcpy(rec.identity_name, name.name, name.size);
     rec.identity_name_size = (uint8_t)name.size;
+    rec.flags &= (uint8_t)~RECORD_FLAG_REBUILT;
     rec.identity_handle = g->cfg->identity_handle;
     if (rec.state == RECORD_ASSIGNED)
         rec.state = RECORD_OWNED;
@@ -600,11 +694,11 @@ static int record_refusal(struct registration *g, const struct dps_answer *a) {
 
 static int registration_run(struct registration *g) {
     struct dps_answer op = {0};
-    bool unauthorized = false;
+    enum start_over start_over = KEEP_GOING;
     int r;
 
-    /* One more full exchange after a 401 to a signed request: that covers a token the server
-     * judged by another clock. A second 401 is a refusal, not a loop (field case B26). */
+    /* One more full exchange after an answer that calls for a new challenge; a second one is
+     * the end of this run, not a loop (field case B26). */
     for (int round = 0; round < 2; round++) {
         r = challenge(g);
         if (r < 0)
@@ -613,24 +707,37 @@ static int registration_run(struct registration *g) {
         if (r < 0)
             goto out;
         dps_answer_done(&op);
-        r = authenticated_put(g, &op, &unauthorized);
+        r = authenticated_put(g, &op, &start_over);
         if (r < 0)
             goto out;
-        if (!unauthorized) {
-            r = poll_operation(g, &op, &unauthorized);
+        if (start_over == KEEP_GOING) {
+            r = poll_operation(g, &op, &start_over);
             if (r < 0)
                 goto out;
         }
-        if (!unauthorized)
+        if (start_over == KEEP_GOING)
             break;
-        log_warning("DPS refused the token signed in the TPM (HTTP 401); starting over with a "
-                    "new challenge once.");
+        if (start_over == START_OVER_UNAUTHORIZED)
+            log_warning("DPS refused the token signed in the TPM (HTTP 401); starting over with "
+                        "a new challenge once.");
+        else
+            log_warning("DPS no longer knows the registration operation (HTTP 404 to a poll); "
+                        "starting over with a new challenge once.");
     }
-    if (unauthorized) {
+    if (start_over == START_OVER_UNAUTHORIZED) {
         r = log_error_errno(ECONNREFUSED, "DPS refused the token signed in the TPM twice; "
                             "giving up. Check the system clock and the enrollment.");
         goto out;
     }
+    if (start_over == START_OVER_OPERATION_LOST) {
+        r = log_error_errno(EREMOTEIO, "DPS lost the registration operation twice; giving up "
+                            "for now.");
+        goto out;
+    }
+
+    /* Only signed requests need the challenge key: out of the TPM before the hub key comes
+     * in, since a TPM without a resource manager may have room for few objects. */
+    identity_flush(g->t, &g->challenge_key);
 
     switch (op.status) {
     case DPS_STATUS_ASSIGNED:
@@ -733,8 +840,7 @@ static int prepare(struct registration *g) {
     r = hierarchy_require(g->t, &g->auths, HIERARCHY_OWNER, "persist the DPS identity key");
     if (r < 0)
         return r;
-    r = identity_slot_check(g->t, g->cfg->identity_handle, g->state.record.identity_name,
-                            g->state.record.identity_name_size, &slot);
+    r = identity_slot(g, &g->state.record, &slot);
     if (r < 0)
         return log_error_errno(r, "Cannot read the identity handle 0x%08x: %s",
                                g->cfg->identity_handle, tpm_last_error(g->t));

@@ -156,3 +156,36 @@ void dps_answer_done(struct dps_answer *a) {
     free(a->error_message);
     *a = (struct dps_answer){0};
 }
+
+bool dps_hub_name_valid(const char *hub) {
+    size_t label = 0, n = 0;
+
+    for (const char *p = hub; *p; p++, n++) {
+        char c = *p;
+        if (c == '.') {
+            if (label == 0 || p[-1] == '-')
+                return false;
+            label = 0;
+        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   (c == '-' && label > 0)) {
+            if (++label > 63)
+                return false;
+        } else
+            return false;
+    }
+    return n > 0 && n <= 128 && label > 0 && hub[n - 1] != '-';
+}
+
+bool dps_device_id_valid(const char *device_id) {
+    size_t n = strlen(device_id);
+
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = device_id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("-:.+%_#*?!(),=@;$'", c)))
+            return false;
+    }
+    return true;
+}

@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* The register PUT body: registrationId, tpm {endorsementKey, storageRootKey}, payload.
@@ -45,3 +46,10 @@ int dps_answer_parse(const char *body, struct dps_answer *ret);
 void dps_answer_done(struct dps_answer *a);
 
 const char *dps_status_to_string(enum dps_status s);
+
+/* What an assignment may name, checked before either goes into the state record, a SAS
+ * resource or the hand-off file. A hub is a DNS host name (letters, digits, '-' inside
+ * labels, dots between them, at most 128 bytes); a device ID is what IoT Hub accepts: 1-128
+ * ASCII letters, digits and - : . + % _ # * ? ! ( ) , = @ ; $ ' */
+bool dps_hub_name_valid(const char *hub);
+bool dps_device_id_valid(const char *device_id);

@@ -40,6 +40,14 @@ enum record_state {
  */
 #define RECORD_FLAG_REGISTERING 0x01
 
+/*
+ * Set in the fresh record written over a damaged one (both slots failing their checksum), so
+ * the Name of the agent's own identity key is lost. Until the record names a key again, a key
+ * at the identity handle with the shape of a DPS identity key is taken for the agent's own
+ * (identity_is_dps_key); without the flag the device could never register again.
+ */
+#define RECORD_FLAG_REBUILT 0x02
+
 struct record {
     uint32_t sequence;
     uint8_t state; /* enum record_state */

@@ -190,6 +190,28 @@ int identity_slot_check(struct tpm *t, TPM2_HANDLE handle, const uint8_t *our_na
     return 0;
 }
 
+int identity_is_dps_key(struct tpm *t, TPM2_HANDLE handle, bool *ret) {
+    TPM2B_PUBLIC *pub = NULL;
+    ESYS_TR tr;
+    int r;
+
+    r = tpm_persistent_get(t, handle, &tr, &pub);
+    if (r < 0)
+        return r;
+    Esys_TR_Close(t->esys, &tr);
+
+    const TPMT_PUBLIC *p = &pub->publicArea;
+    TPMA_OBJECT a = p->objectAttributes;
+    *ret = p->type == TPM2_ALG_KEYEDHASH && p->nameAlg == TPM2_ALG_SHA256 &&
+           p->parameters.keyedHashDetail.scheme.scheme == TPM2_ALG_HMAC &&
+           p->parameters.keyedHashDetail.scheme.details.hmac.hashAlg == TPM2_ALG_SHA256 &&
+           (a & TPMA_OBJECT_SIGN_ENCRYPT) &&
+           !(a & (TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                  TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT));
+    Esys_Free(pub);
+    return 0;
+}
+
 int identity_evict(struct tpm *t, TPM2_HANDLE handle) {
     ESYS_TR tr, out = ESYS_TR_NONE;
     TSS2_RC rc;

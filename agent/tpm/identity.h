@@ -41,6 +41,11 @@ enum identity_slot {
 int identity_slot_check(struct tpm *t, TPM2_HANDLE handle, const uint8_t *our_name,
                         size_t our_name_size, enum identity_slot *ret);
 
+/* *ret: the object persisted at handle has the shape of a key DPS issues (protocol document
+ * 3.4): an imported (neither fixedTPM nor fixedParent, no sensitiveDataOrigin) KEYEDHASH HMAC
+ * SHA-256 signing key, not restricted, not for decryption. -ENOENT when nothing is there. */
+int identity_is_dps_key(struct tpm *t, TPM2_HANDLE handle, bool *ret);
+
 /* Evicts the object at handle (owner authorization). Only call for IDENTITY_SLOT_OURS. */
 int identity_evict(struct tpm *t, TPM2_HANDLE handle);
 

@@ -1071,3 +1071,61 @@ def test_deadline_also_bounds_a_request_that_hangs(device):
 
     assert res.returncode == EXIT_TEMPORARY, res.stderr
     assert elapsed < 6.5, elapsed
+
+
+# -- 6. a state record damaged beyond its two slots --------------------------------------------
+
+def damage_both_slots(tpm):
+    nv = nv_read(tpm, STATE_INDEX)
+    for off in (20, 512 + 20):
+        if nv[off - 20:off - 16] != b"TPPS":
+            continue
+        tpm.tpm2("nvwrite", "0x%08x" % STATE_INDEX, "-C", "o", "--offset", str(off), "-i", "-",
+                 input=bytes([nv[off] ^ 0x01]))
+
+
+def test_both_record_slots_damaged_the_device_registers_again_over_its_own_key(device):
+    """Both slots of the state record fail their checksum (outside interference: a power
+    cut cannot do it). `own` writes a fresh record; the Name of the agent's own key at the
+    identity handle is lost with the old one. The DPS identity key there is taken for the
+    agent's own, so `register` re-registers and replaces it instead of stopping for ever
+    with "a key tpm-provision did not create"."""
+    provisioned(device)
+    tpm = device.tpm
+    old_name = key_name(tpm, IDENTITY, device.workdir)
+    handles = tpm.persistent_handles()
+    damage_both_slots(tpm)
+    assert json.loads(device.run("status", "--json", check=0).stdout)["state"]["record"] \
+        == "damaged"
+
+    res = device.run("own", check=0)
+    assert "damaged" in res.stderr
+    res, _ = register(device, check=0)
+
+    assert "rebuilt after damage" in res.stderr
+    assert tpm.persistent_handles() == handles
+    assert key_name(tpm, IDENTITY, device.workdir) != old_name
+    assert newest_record(tpm)["state"] == "assigned"
+    assert device.hub_check() == 200
+    res, _ = register(device, check=0)
+    assert "No request sent" in res.stderr
+    assert_no_leftovers(tpm)
+
+
+def test_after_damage_a_key_that_is_not_a_dps_key_is_still_someone_elses(device):
+    """The same damage with someone else's key (an ECC primary, not a DPS HMAC key) at
+    the identity handle: it is left alone and register stops with exit 4."""
+    tpm = device.tpm
+    ctx = os.path.join(device.workdir, "other.ctx")
+    tpm.tpm2("createprimary", "-C", "o", "-G", "ecc", "-c", ctx)
+    tpm.tpm2("evictcontrol", "-C", "o", "-c", ctx, "0x%08x" % IDENTITY)
+    tpm.tpm2("flushcontext", "-t")
+    other = key_name(tpm, IDENTITY, device.workdir)
+    damage_both_slots(tpm)
+    device.run("own", check=0)
+
+    res, _ = register(device, check=EXIT_TPM_REFUSED)
+
+    assert "did not create" in res.stderr
+    assert key_name(tpm, IDENTITY, device.workdir) == other
+    assert device_requests(device.emu) == []

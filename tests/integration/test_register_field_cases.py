@@ -888,3 +888,123 @@ def test_no_secret_in_any_agent_output(dev):
             assert len(line) <= 400, line
             assert not LONG_BASE64.search(line), line
     assert any("<7>" in t for t in texts), "the debug level was on"
+
+
+# ------------------------------------------------------------- answers only an impostor sends
+#
+# A DPS impostor whose CA the device trusts (a TLS-inspecting proxy, B31's kind) can send
+# anything. The promise: the TPM is never locked or cluttered, and the device says why.
+
+IDENTITY = 0x81000100
+
+
+def lockout_counter(d):
+    from tpmcheck import variable_property
+    return variable_property(d.tpm, "TPM2_PT_LOCKOUT_COUNTER")
+
+
+@pytest.mark.parametrize("on", ["put_challenge", "get"], ids=["challenge-key", "hub-key"])
+def test_b31_key_with_an_unknown_authorization_is_tried_once_and_never_kept(dev, on):
+    """A key with an authValue the device cannot know and without noDA: every HMAC with
+    the empty password fails and counts towards dictionary-attack lockout. The agent tries
+    it once, stops with exit 6 (the unit does not restart on it), keeps nothing of it, and
+    registers normally once DPS's own keys come back."""
+    from tpmcheck import assert_no_leftovers
+
+    d, emu = dev, dev.emu
+    emu.set_fault("auth_key_hostile", count=1, on=on)
+    da_before = lockout_counter(d)
+    handles = d.tpm.persistent_handles()
+
+    res = d.run("register", check=6)
+
+    assert "refused the empty authorization" in res.stderr, res.stderr
+    assert "trying again" not in res.stderr
+    assert lockout_counter(d) == da_before + 1
+    assert d.tpm.persistent_handles() == handles
+    assert IDENTITY not in handles
+    log = kinds(device_log(emu))
+    if on == "put_challenge":
+        assert log == [("put_challenge", 401)], log   # no request signed with it
+    else:
+        assert log[-1] == ("get", 200), log
+    assert record(d)["state"] == "owned"
+    assert not os.path.exists(os.path.join(d.runtime_dir, "identity.json"))
+    assert_no_leftovers(d.tpm)
+
+    d.run("register", check=0)
+    assert lockout_counter(d) == da_before + 1
+    assert d.hub_check() == 200
+
+
+def test_a_poll_answered_404_starts_the_registration_over_once(dev):
+    """DPS answers a poll with 404 "operation not found" (it lost or expired the
+    operation): not a configuration error. The agent starts over with a new challenge once
+    and registers; when the new operation is lost too, it stops with exit 5 (try later)
+    after exactly two rounds."""
+    d, emu = dev, dev.emu
+    emu.set_fault("operation_lost", count=1)
+
+    res = d.run("register", check=0)
+
+    log = kinds(device_log(emu))
+    assert log == [("put_challenge", 401), ("put_auth", 202), ("get", 404),
+                   ("put_challenge", 401), ("put_auth", 202), ("get", 200)], log
+    assert "404" in res.stderr
+    assert d.hub_check() == 200
+
+    emu.clear_log()
+    emu.set_fault("operation_lost")   # always
+    res = d.run("register", "--force", check=5)
+    log = kinds(device_log(emu))
+    assert log == [("put_challenge", 401), ("put_auth", 202), ("get", 404)] * 2, log
+    assert "lost the registration operation twice" in res.stderr
+    emu.clear_faults()
+    assert record(d)["state"] == "assigned"   # the identity that works stays
+    assert d.hub_check() == 200
+
+
+def test_challenge_key_is_out_of_the_tpm_before_the_hub_key_comes_in(dev, tmp_path):
+    """On a TPM without a resource manager (here swtpm's own socket, as /dev/tpm0), with
+    room for three objects and a stranger's object loaded, the hub key's
+    ActivateCredential needs the EK and the SRK loaded: the challenge key must be gone by
+    then. The stranger's object is left as it was."""
+    d = dev
+    ctx = str(tmp_path / "stranger.ctx")
+    d.tpm.tpm2("createprimary", "-C", "o", "-G", "ecc", "-c", ctx)
+    assert len(d.tpm.transient_handles()) == 1
+
+    res = d.run("register")
+
+    assert res.returncode == 0, res.stderr
+    assert record(d)["state"] == "assigned"
+    assert len(d.tpm.transient_handles()) == 1
+    d.tpm.tpm2("flushcontext", "-t")
+    assert d.hub_check() == 200
+
+
+@pytest.mark.parametrize("fault, shown", [
+    ({"device_id": "dev/../other&sig=x"}, "the device ID \"dev/../other&sig=x\""),
+    ({"hub": "hub.example.net/devices/x"}, "the hub \"hub.example.net/devices/x\""),
+    ({"hub": "hub\n.example.net"}, "the hub \"hub?.example.net\""),
+], ids=["device-id", "hub", "hub-newline"])
+def test_an_assignment_naming_what_iot_hub_never_gives_changes_nothing(dev, fault, shown):
+    """An assigned hub that is not a host name, or a device ID with characters IoT Hub
+    refuses (only an impostor sends them): both would go into the record, the hub SAS
+    resource and the hand-off file. The agent changes nothing and says what it got,
+    escaped (exit 5: the answer, not the device, is wrong); with a proper answer it
+    registers."""
+    d, emu = dev, dev.emu
+    emu.set_fault("assignment_rewritten", count=1, **fault)
+    handles = d.tpm.persistent_handles()
+
+    res = d.run("register", check=5)
+
+    assert shown in res.stderr, res.stderr
+    assert "nothing was changed" in res.stderr
+    assert d.tpm.persistent_handles() == handles
+    assert record(d)["state"] == "owned"
+    assert not os.path.exists(os.path.join(d.runtime_dir, "identity.json"))
+
+    d.run("register", check=0)
+    assert d.hub_check() == 200
