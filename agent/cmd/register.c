@@ -101,27 +101,32 @@ static void note_server_time(struct registration *g, const struct http_response 
     }
 }
 
-/* Waits before the next attempt: retry-after when the server gave one, else exponential
- * backoff with full jitter. -ETIMEDOUT when that would pass the deadline. */
+/* Waits before the next attempt: at least the server's retry-after, with a jittered share
+ * above it that grows with consecutive refusals (dps_retry_after_delay_ms), else exponential
+ * backoff with full jitter. -ETIMEDOUT when even the server's wait would pass the deadline;
+ * the last attempt before it goes at the server's wait. */
 static int wait_before_retry(struct registration *g, const struct http_response *resp,
                              const char *why) {
-    uint64_t delay_ms, rnd = 0;
+    uint64_t delay_ms, floor_ms = 0, rnd = 0;
     int64_t after = -1;
 
     if (resp && resp->retry_after)
         after = dps_retry_after_parse(resp->retry_after, server_now(g), 1, RETRY_AFTER_MAX_SEC);
-    if (after >= 0)
-        delay_ms = (uint64_t)after * 1000;
-    else {
-        RAND_bytes((unsigned char *)&rnd, sizeof(rnd));
+    RAND_bytes((unsigned char *)&rnd, sizeof(rnd));
+    if (after >= 0) {
+        floor_ms = (uint64_t)after * 1000;
+        delay_ms = dps_retry_after_delay_ms(floor_ms, g->attempt, BACKOFF_CAP_MS, rnd);
+    } else
         delay_ms = dps_backoff_ms(g->attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd);
-    }
     g->attempt++;
 
-    if (g->deadline_ms && now_ms() + delay_ms > g->deadline_ms)
-        return log_error_errno(ETIMEDOUT, "%s; the registration deadline (TimeoutSec=%u) would "
-                               "pass before the next attempt. Giving up for now.", why,
-                               g->cfg->deadline_sec);
+    if (g->deadline_ms && now_ms() + delay_ms > g->deadline_ms) {
+        if (now_ms() + floor_ms > g->deadline_ms || floor_ms == 0)
+            return log_error_errno(ETIMEDOUT, "%s; the registration deadline (TimeoutSec=%u) "
+                                   "would pass before the next attempt. Giving up for now.", why,
+                                   g->cfg->deadline_sec);
+        delay_ms = floor_ms;
+    }
     log_info("%s; trying again in %llu s.", why, (unsigned long long)((delay_ms + 999) / 1000));
     sd_notifyf(0, "STATUS=%s; next attempt in %llu s", why,
                (unsigned long long)((delay_ms + 999) / 1000));

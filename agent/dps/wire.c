@@ -486,3 +486,11 @@ uint64_t dps_backoff_ms(unsigned attempt, uint64_t base_ms, uint64_t cap_ms, uin
         return random;
     return random % (ceiling + 1);
 }
+
+uint64_t dps_retry_after_delay_ms(uint64_t retry_after_ms, unsigned attempt, uint64_t cap_ms,
+                                  uint64_t random) {
+    unsigned shift = attempt >= 2 ? 3 : attempt + 1;
+    uint64_t window = retry_after_ms > cap_ms >> shift ? cap_ms : retry_after_ms << shift;
+
+    return retry_after_ms + random % (window + 1);
+}

@@ -67,3 +67,13 @@ int dps_http_date_parse(const char *value, time_t *ret);
  * can pass a fixed one.
  */
 uint64_t dps_backoff_ms(unsigned attempt, uint64_t base_ms, uint64_t cap_ms, uint64_t random);
+
+/*
+ * The wait after a "later" answer that carried a Retry-After of retry_after_ms: that value as
+ * the floor, plus full jitter over a window of 2, 4, then 8 times it for the 1st, 2nd and
+ * further consecutive refusals (attempt 0, 1, 2...), and never over cap_ms. Honoured exactly,
+ * a Retry-After brings a throttled fleet back in lock step, each device asking once per
+ * Retry-After until its turn comes (bench/RESULTS.md, the fleet).
+ */
+uint64_t dps_retry_after_delay_ms(uint64_t retry_after_ms, unsigned attempt, uint64_t cap_ms,
+                                  uint64_t random);

@@ -1057,7 +1057,7 @@ def test_deadline_ends_retries_against_a_dps_that_always_answers_503(device):
     assert "TimeoutSec" in res.stderr
     assert 3 <= elapsed <= 10, elapsed
     log = device_requests(device.emu)
-    assert len(log) >= 3 and all(e["status"] == 503 for e in log)
+    assert len(log) >= 2 and all(e["status"] == 503 for e in log)
     assert IDENTITY not in device.tpm.persistent_handles()
     assert_no_leftovers(device.tpm)
 

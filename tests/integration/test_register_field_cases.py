@@ -180,8 +180,10 @@ def test_b02_endorsement_auth_needed_for_activate_credential(dev, tmp_path):
 
 def test_b23_retry_after_honoured_on_put_and_get_and_no_request_at_next_boot(dev):
     """B23: PUT -> 429 Retry-After 3, PUT -> 429 Retry-After 3, then the challenge; GET ->
-    429 Retry-After 2, then 200.  The agent waits at least the given seconds each time (and
-    not much more), and a later boot uses the stored assignment without calling DPS."""
+    429 Retry-After 2, then 200.  The agent waits at least the given seconds each time, and
+    at most a jittered share above them: up to 2 times the value after the first refusal in
+    a row and 4 times after the second (so a throttled fleet does not come back in lock
+    step). A later boot uses the stored assignment without calling DPS."""
     d, emu = dev, dev.emu
     emu.set_fault("put_429", count=2, retry_after=3)
     emu.set_fault("get_429", count=1, retry_after=2)
@@ -195,8 +197,8 @@ def test_b23_retry_after_honoured_on_put_and_get_and_no_request_at_next_boot(dev
     waits = [wait_between(log[0], log[1]), wait_between(log[1], log[2]),
              wait_between(log[4], log[5])]
     print("waits after 429 (s):", ["%.2f" % w for w in waits])
-    for got, want in zip(waits, (3, 3, 2)):
-        assert want - EPS <= got <= want + 2, (waits, res.stderr)
+    for got, want, window in zip(waits, (3, 3, 2), (6, 12, 4)):
+        assert want - EPS <= got <= want + window + 0.5, (waits, res.stderr)
     assert res.stderr.count("throttled") >= 3, res.stderr
     assert d.hub_check() == 200
 
@@ -228,8 +230,9 @@ def test_b23_throttled_without_retry_after_backs_off_with_jitter(dev):
 
 def test_b23_retry_after_http_date_is_read_against_dps_clock(dev):
     """B23 with B26: Retry-After as an HTTP-date 3 s ahead of DPS's clock, while DPS's clock
-    is three years ahead of the device's: the agent waits about 3 s (DPS's Date is the
-    reference), neither nothing nor the 10-minute cap."""
+    is three years ahead of the device's: the agent waits at least about 3 s (DPS's Date is
+    the reference) and at most its jittered share of 2 times that above it, neither nothing
+    nor the 10-minute cap."""
     d, emu = dev, dev.emu
     emu.set_clock_offset(THREE_YEARS)
     emu.set_fault("put_429", count=1, retry_after="date:3")
@@ -240,7 +243,7 @@ def test_b23_retry_after_http_date_is_read_against_dps_clock(dev):
     assert kinds(log)[:2] == [("put_challenge", 429), ("put_challenge", 401)], kinds(log)
     wait = wait_between(log[0], log[1])
     # An HTTP-date has whole seconds: 3 s ahead is 2 to 3 s after truncation.
-    assert 2 - EPS <= wait <= 4, wait
+    assert 2 - EPS <= wait <= 3 + 6 + 0.5, wait
 
 
 def test_b23_retry_after_beyond_the_deadline_gives_up_for_now(dev):

@@ -745,6 +745,36 @@ static uint64_t lcg(uint64_t *s) {
     return *s;
 }
 
+static void test_retry_after_delay_floor_and_window(void **state) {
+    const uint64_t cap = 5 * 60 * 1000;
+    const uint64_t windows[] = {2000, 4000, 8000, 8000, 8000, 8000};
+    uint64_t seed = 7;
+    (void)state;
+
+    /* Retry-After 1 s: never earlier than the server asked, the window above it 2, 4, then
+     * 8 times the value, both ends reachable. */
+    for (unsigned n = 0; n < ARRAY_SIZE(windows); n++) {
+        assert_int_equal(dps_retry_after_delay_ms(1000, n, cap, 0), 1000);
+        assert_int_equal(dps_retry_after_delay_ms(1000, n, cap, windows[n]), 1000 + windows[n]);
+        assert_int_equal(dps_retry_after_delay_ms(1000, n, cap, windows[n] + 1), 1000);
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (int i = 0; i < 2000; i++) {
+            uint64_t d = dps_retry_after_delay_ms(1000, n, cap, lcg(&seed));
+            assert_true(d >= 1000 && d <= 1000 + windows[n]);
+            lo = d < lo ? d : lo;
+            hi = d > hi ? d : hi;
+        }
+        /* Spread over the window, not stuck at one value (what makes a fleet fall apart). */
+        assert_true(lo < 1000 + windows[n] / 10 && hi > 1000 + windows[n] * 9 / 10);
+    }
+    /* The window scales with the server's value, and the cap bounds it. */
+    assert_int_equal(dps_retry_after_delay_ms(10000, 0, cap, 20000), 30000);
+    assert_int_equal(dps_retry_after_delay_ms(10000, 5, cap, 80000), 90000);
+    assert_int_equal(dps_retry_after_delay_ms(600000, 5, cap, cap), 600000 + cap);
+    assert_int_equal(dps_retry_after_delay_ms(600000, 5, cap, cap + 1), 600000);
+    assert_int_equal(dps_retry_after_delay_ms(1000, UINT32_MAX, cap, 8000), 9000);
+}
+
 static void test_backoff_bounds_and_growth(void **state) {
     const uint64_t base = 500, cap = 60000;
     uint64_t seed = 42, previous = 0;
@@ -817,6 +847,7 @@ int main(void) {
         cmocka_unit_test(test_retry_after_http_dates),
         cmocka_unit_test(test_http_date_forms),
         cmocka_unit_test(test_http_date_invalid),
+        cmocka_unit_test(test_retry_after_delay_floor_and_window),
         cmocka_unit_test(test_backoff_bounds_and_growth),
         cmocka_unit_test(test_backoff_no_overflow),
     };
