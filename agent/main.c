@@ -438,6 +438,12 @@ int main(int argc, char *argv[]) {
         status = EXIT_USAGE;
         goto done;
     }
+    if (o.n_previous > 0 && cmd->run == cmd_ek && !o.append) {
+        /* Without a list to add to there is nothing to compare the EK for. */
+        log_error("--previous goes with 'ek --append=FILE'.");
+        status = EXIT_USAGE;
+        goto done;
+    }
 
     if (v.config) {
         /* A file named on the command line must be there; only the default may be missing. */

@@ -593,6 +593,25 @@ static int install_identity(struct registration *g, const struct dps_answer *a) 
                                          "remove the previous identity key");
         log_notice("Removed the previous identity key at 0x%08x.", g->cfg->identity_handle);
     }
+    /* IdentityHandle= changed: the key the record names at the old handle goes too, now,
+     * while the record still names it; afterwards nothing would tell it is ours. */
+    if (rec.identity_handle != 0 && rec.identity_handle != g->cfg->identity_handle) {
+        enum identity_slot old;
+
+        r = identity_slot_check(g->t, rec.identity_handle, rec.identity_name,
+                                rec.identity_name_size, &old);
+        if (r < 0)
+            return log_error_errno(r, "Cannot read the previous identity handle 0x%08x: %s",
+                                   rec.identity_handle, tpm_last_error(g->t));
+        if (old == IDENTITY_SLOT_OURS) {
+            r = identity_evict(g->t, rec.identity_handle);
+            if (r < 0)
+                return hierarchy_log_failure(g->t, &g->auths, HIERARCHY_OWNER, r,
+                                             "remove the previous identity key");
+            log_notice("Removed the previous identity key at 0x%08x (IdentityHandle= is now "
+                       "0x%08x).", rec.identity_handle, g->cfg->identity_handle);
+        }
+    }
 
     /* The new key's Name, and no longer "assigned": the hub and device ID still in the record
      * belong to the old key. A cut after the key is persisted must send the next boot to DPS
@@ -904,6 +923,11 @@ static int already_provisioned(struct registration *g) {
     }
     if (g->cfg->registration_id && strcmp(rec->registration_id, g->cfg->registration_id) != 0) {
         log_notice("The registration ID changed; registering again.");
+        return false;
+    }
+    if (rec->identity_handle != g->cfg->identity_handle) {
+        log_notice("IdentityHandle= changed from 0x%08x to 0x%08x; registering again.",
+                   rec->identity_handle, g->cfg->identity_handle);
         return false;
     }
     /* Only a key that is not there, or not ours, sends the device to DPS again: a TPM that

@@ -78,6 +78,32 @@ struct csv_header {
     size_t n;
 };
 
+/* Why a CSV header without an endorsementKey column is wrong: a column spelled in another
+ * case names the one it means, otherwise the columns are listed. */
+static const char *header_hint(const char *line, size_t len) {
+    static char why[256];
+    const char *p = line, *end = line + len;
+
+    for (;;) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        size_t n = (size_t)((comma ? comma : end) - p);
+        for (size_t i = 0; i < N_COLUMNS; i++)
+            if (strlen(columns[i]) == n && strncasecmp(columns[i], p, n) == 0 &&
+                memcmp(columns[i], p, n) != 0) {
+                snprintf(why, sizeof(why), "the CSV header has no endorsementKey column (column "
+                         "names are case-sensitive: '%.*s' must be '%s')", (int)n, p, columns[i]);
+                return why;
+            }
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    snprintf(why, sizeof(why), "the CSV header has no endorsementKey column (the columns "
+             "'tpm-provision ek' writes are %.*s)", (int)strlen(ekrows_csv_header) - 1,
+             ekrows_csv_header);
+    return why;
+}
+
 static int csv_header_parse(const char *line, size_t len, struct csv_header *h,
                             const char **ret_why) {
     bool seen[N_COLUMNS] = {false};
@@ -105,7 +131,7 @@ static int csv_header_parse(const char *line, size_t len, struct csv_header *h,
         p = comma + 1;
     }
     if (!seen[COL_EK]) {
-        *ret_why = "the CSV header has no endorsementKey column";
+        *ret_why = header_hint(line, len);
         return -EBADMSG;
     }
     return 0;
@@ -196,7 +222,8 @@ static enum ekrows_format detect(const char *line, size_t len) {
 
     if (line[0] == '{')
         return EKROWS_FORMAT_JSON;
-    if (column_index(line, comma ? (size_t)(comma - line) : len) >= 0)
+    /* Base64 has no comma: a first line with one is a CSV header, even a misspelt one. */
+    if (comma || column_index(line, len) >= 0)
         return EKROWS_FORMAT_CSV;
     return EKROWS_FORMAT_EKLIST;
 }

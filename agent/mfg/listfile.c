@@ -47,12 +47,34 @@ static int read_all(int fd, char **ret, size_t *ret_len) {
     return 0;
 }
 
+/* A list that cannot be opened for a reason its path explains (missing, a directory, no
+ * permission) is a command line to fix: exit 2, the cause in the message. */
+static int open_failed(const char *path) {
+    int error = errno;
+
+    log_error_errno(error, "Cannot open the list %s: %m", secret_shown(path));
+    switch (error) {
+    case ENOENT:
+    case ENOTDIR:
+    case EISDIR:
+    case EACCES:
+    case ELOOP:
+    case ENAMETOOLONG:
+        return -EINVAL;
+    default:
+        return -error;
+    }
+}
+
+/* A list whose text does not parse is input to fix, like a bad option: exit 2. */
 static int parse_logged(const char *path, const char *data, size_t len, struct ekrows *ret) {
     const char *why = NULL;
     int r = ekrows_parse(data, len, ret, &why);
 
-    if (r == -EBADMSG)
-        return log_error_errno(r, "%s: %s.", path, why);
+    if (r == -EBADMSG) {
+        log_error_errno(r, "%s: %s.", path, why);
+        return -EINVAL;
+    }
     if (r < 0)
         return log_error_errno(r, "Cannot parse %s: %m", path);
     return 0;
@@ -66,7 +88,7 @@ int listfile_load(const char *path, struct ekrows *ret) {
 
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
-        return log_error_errno(errno, "Cannot open the list %s: %m", secret_shown(path));
+        return open_failed(path);
     /* A station may be appending right now: its row is whole once the lock is ours. */
     if (flock(fd, LOCK_SH) < 0)
         return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
@@ -177,7 +199,7 @@ int listfile_append(const char *path, enum ekrows_format format, const struct ek
 
     fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
     if (fd < 0)
-        return log_error_errno(errno, "Cannot open the list %s: %m", secret_shown(path));
+        return open_failed(path);
     if (flock(fd, LOCK_EX) < 0)
         return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
     r = read_all(fd, &data, &len);
@@ -208,6 +230,14 @@ int listfile_append(const char *path, enum ekrows_format format, const struct ek
     for (size_t i = 0; i < ret_list->n_rows; i++)
         if (ekrows_check_row(&ret_list->rows[i]) == -ENOMEM)
             return log_oom();
+    /* The new row is compared against every row already there; one that cannot be read could
+     * be this very device, and a second row for it would enroll it twice. */
+    for (size_t i = 0; i < ret_list->n_rows; i++)
+        if (ret_list->rows[i].error)
+            return log_error_errno(EINVAL, "%s, line %u: %s. A row that cannot be read may be "
+                                   "this device's: fix or remove it first. Nothing was "
+                                   "appended.", path, ret_list->rows[i].line,
+                                   ret_list->rows[i].error);
     r = find_conflict(ret_list, path, previous, previous_names, n_previous, row, ret_conflict);
     if (r < 0)
         return r;

@@ -534,3 +534,56 @@ def test_enroll_existing_enrollment_with_another_ek_is_left_alone(emulator, real
     assert doc["etag"] == etag
     assert base64.b64decode(doc["attestation"]["tpm"]["endorsementKey"]) == theirs
     assert latest_status(listing + ".results.jsonl") == {regid: "conflict"}
+
+
+# -- list files a line operator gets wrong ------------------------------------------------------
+
+def test_list_files_that_cannot_be_used_are_input_errors_exit_2(tpm, tmp_path):
+    """A missing list, a directory given as one, a list that does not parse: each is input to
+    fix, exit 2 (tpm-provision(8)), with the cause named; for `ek --append` nothing is
+    written. A CSV header with a misspelt column says which, or lists the columns."""
+    agent = Agent(tpm.tcti, str(tmp_path))
+    missing = tmp_path / "no-such.csv"
+    res = agent.run("enroll", "--list=%s" % missing, "--dry-run")
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "Cannot open the list %s: No such file or directory" % missing in res.stderr
+    res = agent.run("ek", "--serial=S-1", "--append=%s" % (tmp_path / "new.csv"),
+                    "--previous=%s" % missing)
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert not (tmp_path / "new.csv").exists()
+    res = agent.run("ek", "--serial=S-1", "--previous=%s" % missing)
+    assert res.returncode == EXIT_USAGE and "--append" in res.stderr, res.stderr
+    res = agent.run("ek", "--serial=S-1", "--append=%s" % tmp_path)
+    assert res.returncode == EXIT_USAGE and "Is a directory" in res.stderr, res.stderr
+
+    ek64 = base64.b64encode(read_public(tpm, EK, str(tmp_path))).decode()
+    typo = tmp_path / "typo.csv"
+    typo.write_text("registrationId,endorsementkey,deviceSerial\nx,%s,S-0\n" % ek64)
+    res = agent.run("enroll", "--list=%s" % typo, "--dry-run")
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "'endorsementkey' must be 'endorsementKey'" in res.stderr, res.stderr
+    other = tmp_path / "other.csv"
+    other.write_text("id,key\nx,%s\n" % ek64)
+    res = agent.run("ek", "--serial=S-1", "--append=%s" % other)
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "the columns 'tpm-provision ek' writes are " + HEADER in res.stderr, res.stderr
+    assert other.read_text() == "id,key\nx,%s\n" % ek64
+
+
+def test_ek_append_refuses_a_list_holding_a_row_it_cannot_read(tpm, tmp_path):
+    """A malformed row in the list `ek --append` adds to may be this very device's, which
+    the duplicate check cannot see: nothing is appended until it is fixed (exit 2)."""
+    agent = Agent(tpm.tcti, str(tmp_path))
+    listing = tmp_path / "line.csv"
+    broken = ",".join(["tpm-x", "not-base64!", "", "", "OLD-1", "2026-01-01T00:00:00Z"])
+    listing.write_text(HEADER + "\n" + broken + "\n")
+
+    res = agent.run("ek", "--serial=NEW-1", "--append=%s" % listing)
+
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "line.csv, line 2:" in res.stderr and "Nothing was appended" in res.stderr
+    assert listing.read_text() == HEADER + "\n" + broken + "\n"
+
+    listing.write_text(HEADER + "\n")
+    agent.run("ek", "--serial=NEW-1", "--append=%s" % listing, check=0)
+    assert listing.read_text().count("\n") == 2

@@ -950,6 +950,27 @@ def test_foreign_key_at_the_identity_handle_is_left_alone(device):
     assert_no_leftovers(tpm)
 
 
+def test_a_changed_identity_handle_moves_the_identity_and_leaves_no_key_behind(device):
+    """IdentityHandle= changed on a provisioned device (say, another tool needs the old
+    handle): the next run registers again, the new key goes to the new handle, and the
+    agent's own key at the old handle is removed, not left to clutter the TPM."""
+    provisioned(device)
+    tpm = device.tpm
+    others = [h for h in tpm.persistent_handles() if h != IDENTITY]
+    device.write_config(tpm={"IdentityHandle": "0x81000101"})
+
+    res, _ = register(device, check=0)
+
+    assert "IdentityHandle= changed from 0x81000100 to 0x81000101" in res.stderr, res.stderr
+    assert sorted(tpm.persistent_handles()) == sorted(others + [0x81000101])
+    assert newest_record(tpm)["identity_handle"] == 0x81000101
+    assert int(device.identity()["identityHandle"], 16) == 0x81000101
+    assert device.hub_check() == 200
+    res, _ = register(device, check=0)
+    assert "No request sent" in res.stderr
+    assert_no_leftovers(tpm)
+
+
 # -- 7. registration ID override -------------------------------------------------------------
 
 def test_registration_id_override(device):
