@@ -51,18 +51,38 @@ int cmd_sas(const struct options *o) {
                             o->cfg.state_index);
         goto out;
     }
+    /* A registration replaces the key in steps (docs/state-record.md); while the record says
+     * one is under way, a missing key or a record without an assignment is that, not a
+     * device to register: try again later (exit 5). */
+    bool registering = r == 0 && s.status == 0 && (s.record.flags & RECORD_FLAG_REGISTERING);
     if (r < 0 || s.status != 0 || s.record.state != RECORD_ASSIGNED) {
-        r = log_error_errno(ENOENT, "This device is not provisioned yet; run 'tpm-provision "
-                            "register' first.");
+        if (registering)
+            r = log_error_errno(EAGAIN, "This device is registering with DPS (or a "
+                                "registration was cut short and the next 'tpm-provision "
+                                "register' finishes it); try again once it is assigned.");
+        else
+            r = log_error_errno(ENOENT, "This device is not provisioned yet; run "
+                                "'tpm-provision register' first.");
         goto out;
     }
 
     r = identity_slot_check(t, s.record.identity_handle, s.record.identity_name,
                             s.record.identity_name_size, &slot);
-    if (r < 0 || slot != IDENTITY_SLOT_OURS) {
-        r = log_error_errno(ENOENT, "The identity key at 0x%08x is missing or not the one "
-                            "registered; run 'tpm-provision register --force'.",
-                            s.record.identity_handle);
+    if (r < 0) {
+        r = log_error_errno(r, "Cannot read the identity key at 0x%08x: %s",
+                            s.record.identity_handle, tpm_last_error(t));
+        goto out;
+    }
+    if (slot != IDENTITY_SLOT_OURS) {
+        if (registering)
+            r = log_error_errno(EAGAIN, "The identity key at 0x%08x is being replaced by a "
+                                "registration with DPS (or one that was cut short, which the "
+                                "next 'tpm-provision register' finishes); try again once it is "
+                                "assigned.", s.record.identity_handle);
+        else
+            r = log_error_errno(ENOENT, "The identity key at 0x%08x is missing or not the one "
+                                "registered; run 'tpm-provision register --force'.",
+                                s.record.identity_handle);
         goto out;
     }
 

@@ -309,6 +309,38 @@ def test_a_tpm_error_reading_the_identity_key_on_the_fast_path_is_not_a_missing_
     assert device.hub_check() == 200
 
 
+@pytest.mark.parametrize("cc, nth", [("NV_Write", 2), ("EvictControl", 2)],
+                         ids=["old-key-evicted", "record-names-the-new-key"])
+def test_sas_while_a_re_registration_replaces_the_key_says_try_later(device, tmp_path, cc, nth):
+    """`sas` asked for a token while `register --force` is between its steps (the old key
+    evicted and the record not yet rewritten; the record naming the new key, not yet
+    persisted): that is a registration under way, exit 5 with "try again", not advice to
+    register. Once it finishes, sas signs with the new key."""
+    from agent import AGENT
+    from tpmproxy import CC, TpmProxy
+
+    provisioned(device)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TPM_PROVISION_", "CREDENTIALS_DIRECTORY"))}
+    env.update(device.env())
+    with TpmProxy(device.tpm, str(tmp_path / "proxy.sock")) as proxy:
+        env["TPM_PROVISION_TCTI"] = proxy.tcti
+        held = proxy.pause("before", cc=CC[cc], nth=nth)
+        p = subprocess.Popen([AGENT, "register", "--force"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.reached.wait(60), "register never reached %s #%d" % (cc, nth)
+            res = device.run("sas")
+        finally:
+            held.release()
+            out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert res.returncode == EXIT_TEMPORARY, res.stderr
+    assert "try again once it is assigned" in res.stderr and "--force" not in res.stderr
+    assert res.stdout == ""
+    assert device.hub_check() == 200
+
+
 # -- 3. --force ------------------------------------------------------------------------------
 
 def test_register_force_replaces_the_hub_key(device):
