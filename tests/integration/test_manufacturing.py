@@ -379,16 +379,17 @@ def test_enroll_killed_half_way_creates_each_enrollment_once(emulator, real_ek, 
     journal = listing + ".results.jsonl"
     write_csv(listing, [row_for(e, "SN-%d" % i) for i, e in enumerate(eks)])
     cs = connection_file(emu, tmp_path)
-    # Every service request sleeps 2 s before it is handled: the process is killed while the
-    # second bulk call is in that window, and the emulator applies the call anyway.
-    emu.set_fault("delay", "always", on="service", seconds="2")
+    # Every service request sleeps 6 s before it is handled: the process is killed while the
+    # second bulk call is in that window, and the emulator applies the call anyway. (A 2 s
+    # window was missed once on a loaded machine under ASan.)
+    emu.set_fault("delay", "always", on="service", seconds="6")
     emu.clear_log()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPM_PROVISION_")}
     proc = subprocess.Popen([AGENT, "enroll", "--list=" + listing, "--connection-string-file=" +
                              cs, "--endpoint=" + emu.url, "--ca-bundle=" + emu.ca], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.exists(journal) and any(e.get("batch") == 2 and "rows" in e
                                            for e in results(journal)):
