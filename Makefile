@@ -10,6 +10,9 @@ sbindir     ?= $(prefix)/sbin
 BUILD       ?= build
 
 PKGS := tss2-esys tss2-mu tss2-rc tss2-tctildr libsystemd libcrypto libssl libcurl json-c
+# Compiled against, not linked: agent/dps/curl-api.c dlopen()s libcurl (and reaches libssl
+# through it) when a request is about to be made.
+DLOPEN_PKGS := libssl libcurl
 
 CFLAGS      ?= -O2 -g
 WARN        := -Wall -Wextra -Wshadow -Wformat=2 -Wno-missing-field-initializers
@@ -32,7 +35,7 @@ endif
 # Recursively expanded on purpose: pkg-config runs when a recipe needs it, after the
 # dependency check of `make check` and `make demo` had its chance to install packages.
 PKG_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(PKGS))
-PKG_LIBS     = $(shell $(PKG_CONFIG) --libs $(PKGS))
+PKG_LIBS     = $(shell $(PKG_CONFIG) --libs $(filter-out $(DLOPEN_PKGS),$(PKGS)))
 ALL_CFLAGS   = -std=gnu11 -D_GNU_SOURCE $(WARN) $(HARDEN) -Iagent -DVERSION='"$(VERSION)"' -DBUILD_EPOCH=$(BUILD_EPOCH) $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
 ALL_LDFLAGS  = $(HARDEN_LD) $(LDFLAGS)
 

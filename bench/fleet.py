@@ -201,6 +201,11 @@ def main():
         for t in tpms:
             t.stop(clean=False)
         shutil.rmtree(work, ignore_errors=True)
+    # The same fleet in a model (bench/fleet_model.py), for what other retry rules would cost.
+    # Its rate and Retry-After are fixed; say so when this run used others.
+    import fleet_model
+    out["model"] = {"devices": DEVICES, "rate": fleet_model.CAP / 2,
+                    "retry_after": fleet_model.RA, "rules": fleet_model.model(DEVICES)}
     print(b.save("fleet", out))
 
 

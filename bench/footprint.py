@@ -53,9 +53,25 @@ def ldd(path):
     return libs
 
 
+# Loaded with dlopen() by the agent itself, when it is about to make its first request
+# (agent/dps/curl-api.h); ldd of the binary cannot see them.
+DLOPENED = ("libcurl.so.4",)
+
+
+def library_path(soname):
+    """Where the loader finds soname (ldconfig's cache), or None."""
+    out = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        m = re.match(r"\s*(\S+) \(([^)]*)\) => (\S+)", line)
+        if m and m.group(1) == soname and "x86-64" in m.group(2):
+            return m.group(3)
+    return None
+
+
 def libraries(path):
     """Every shared library the loader maps (ldd), the ones named in the binary (NEEDED),
-    and for each NEEDED library the ones that come only through it."""
+    for each NEEDED library the ones that come only through it, and for each library the agent
+    dlopen()s the ones it adds to what is mapped already."""
     libs = ldd(path)
     dyn = subprocess.run(["readelf", "-d", path], capture_output=True, text=True,
                          check=True).stdout
@@ -70,9 +86,17 @@ def libraries(path):
     for n, tree in trees.items():
         others = set().union(*(t for m, t in trees.items() if m != n))
         only[n] = sorted(tree - others)
+    mapped = {x["file"] for x in libs}
+    dlopened = {}
+    for n in DLOPENED:
+        where = library_path(n)
+        if where:
+            tree = [os.path.basename(os.path.realpath(where))] + [x["file"] for x in ldd(where)
+                                                                  if x["file"]]
+            dlopened[n] = sorted(set(tree) - mapped)
     return {"ldd": [{k: x[k] for k in ("name", "file", "bytes")} for x in libs],
             "needed": needed, "ldd_bytes": sum(x["bytes"] or 0 for x in libs),
-            "only_through": only}
+            "only_through": only, "dlopened": dlopened}
 
 
 def binary():
@@ -271,10 +295,10 @@ class Chroot:
 
 
 def runtime_packages():
-    """The Debian packages of the libraries the binary names, plus the TCTI the loader
-    dlopen()s and what builds the initrds."""
-    pkgs = {"libtss2-tcti-device0", "dracut-core", "initramfs-tools-core", "busybox", "cpio",
-            "ca-certificates"}
+    """The Debian packages of the libraries the binary names, plus what is dlopen()ed (the
+    TCTI by the TCTI loader, libcurl by the agent) and what builds the initrds."""
+    pkgs = {"libtss2-tcti-device0", "libcurl4", "dracut-core", "initramfs-tools-core",
+            "busybox", "cpio", "ca-certificates"}
     needed = libraries(b.AGENT)["needed"]
     for lib in ldd(b.AGENT):
         if lib["path"] and lib["name"] in needed:

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "http.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -12,11 +11,13 @@
 
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "dps/curl-api.h"
 
 #define HTTP_BODY_MAX (64 * 1024)
 #define HTTP_USER_AGENT "tpm-provision/" VERSION
 
 struct http {
+    const struct curl_api *api;
     CURL *curl;
     struct http_options options;
     uint32_t time_left;
@@ -92,7 +93,7 @@ static CURLcode on_ssl_ctx(CURL *curl, void *ssl_ctx, void *userdata) {
     (void)curl;
 
     if (h->options.clock_floor > 0 && now < h->options.clock_floor) {
-        X509_VERIFY_PARAM *param = SSL_CTX_get0_param(ssl_ctx);
+        X509_VERIFY_PARAM *param = h->api->ssl_ctx_get0_param(ssl_ctx);
         X509_VERIFY_PARAM_set_time(param, h->options.clock_floor);
         log_warning("The system clock is before this build's date; checking the server "
                     "certificate at the build date instead.");
@@ -101,12 +102,19 @@ static CURLcode on_ssl_ctx(CURL *curl, void *ssl_ctx, void *userdata) {
 }
 
 int http_new(const struct http_options *o, struct http **ret) {
-    struct http *h = calloc(1, sizeof(*h));
+    const struct curl_api *api;
+    struct http *h;
+    int r;
 
+    r = curl_api_load(&api);
+    if (r < 0)
+        return r;
+    h = calloc(1, sizeof(*h));
     if (!h)
         return -ENOMEM;
+    h->api = api;
     h->options = *o;
-    h->curl = curl_easy_init();
+    h->curl = h->api->easy_init();
     if (!h->curl) {
         free(h);
         return -ENOMEM;
@@ -118,7 +126,7 @@ int http_new(const struct http_options *o, struct http **ret) {
 void http_free(struct http *h) {
     if (!h)
         return;
-    curl_easy_cleanup(h->curl);
+    h->api->easy_cleanup(h->curl);
     free(h);
 }
 
@@ -172,63 +180,63 @@ int http_request(struct http *h, const char *method, const char *url, const char
     CURLcode code;
 
     *ret = (struct http_response){0};
-    headers = curl_slist_append(headers, "Accept: application/json");
+    headers = h->api->slist_append(headers, "Accept: application/json");
     if (body)
-        headers = curl_slist_append(headers, "Content-Type: application/json; charset=utf-8");
+        headers = h->api->slist_append(headers, "Content-Type: application/json; charset=utf-8");
     if (authorization) {
         if (asprintf(&auth, "Authorization: %s", authorization) < 0) {
-            curl_slist_free_all(headers);
+            h->api->slist_free_all(headers);
             return -ENOMEM;
         }
-        headers = curl_slist_append(headers, auth);
+        headers = h->api->slist_append(headers, auth);
     }
 
-    curl_easy_reset(c); /* keeps the connection cache: the TLS session stays open */
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, HTTP_USER_AGENT);
+    h->api->easy_reset(c); /* keeps the connection cache: the TLS session stays open */
+    h->api->easy_setopt(c, CURLOPT_URL, url);
+    h->api->easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    h->api->easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    h->api->easy_setopt(c, CURLOPT_USERAGENT, HTTP_USER_AGENT);
     if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        h->api->easy_setopt(c, CURLOPT_POSTFIELDS, body);
     else if (strcmp(method, "GET") == 0)
-        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
-    curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, h);
+        h->api->easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    h->api->easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    h->api->easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    h->api->easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    h->api->easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    h->api->easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    h->api->easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+    h->api->easy_setopt(c, CURLOPT_SSL_CTX_DATA, h);
     if (h->options.ca_bundle)
-        curl_easy_setopt(c, CURLOPT_CAINFO, h->options.ca_bundle);
+        h->api->easy_setopt(c, CURLOPT_CAINFO, h->options.ca_bundle);
     if (h->options.proxy)
-        curl_easy_setopt(c, CURLOPT_PROXY, h->options.proxy);
+        h->api->easy_setopt(c, CURLOPT_PROXY, h->options.proxy);
     if (h->options.no_proxy)
-        curl_easy_setopt(c, CURLOPT_NOPROXY, h->options.no_proxy);
+        h->api->easy_setopt(c, CURLOPT_NOPROXY, h->options.no_proxy);
     uint32_t timeout = h->options.timeout_sec;
     if (h->time_left && h->time_left < timeout)
         timeout = h->time_left;
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)timeout);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)(timeout < 15 ? timeout : 15));
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &collect);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &collect);
+    h->api->easy_setopt(c, CURLOPT_TIMEOUT, (long)timeout);
+    h->api->easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)(timeout < 15 ? timeout : 15));
+    h->api->easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    h->api->easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    h->api->easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    h->api->easy_setopt(c, CURLOPT_WRITEDATA, &collect);
+    h->api->easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    h->api->easy_setopt(c, CURLOPT_HEADERDATA, &collect);
     h->errbuf[0] = '\0';
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
+    h->api->easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
 
-    code = curl_easy_perform(c);
-    curl_slist_free_all(headers);
+    code = h->api->easy_perform(c);
+    h->api->slist_free_all(headers);
     if (auth)
         secure_zero(auth, strlen(auth));
     h->requests++;
-    if (curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK && connects > 0)
+    if (h->api->easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK && connects > 0)
         h->connections += (unsigned)connects;
 
     if (code == CURLE_OK && !collect.overflow) {
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &ret->status);
+        h->api->easy_getinfo(c, CURLINFO_RESPONSE_CODE, &ret->status);
         if (!ret->body) {
             ret->body = strdup("");
             if (!ret->body)
@@ -237,8 +245,8 @@ int http_request(struct http *h, const char *method, const char *url, const char
         return 0;
     }
 
-    curl_easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &verify_result);
-    curl_easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE, &connect_code);
+    h->api->easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &verify_result);
+    h->api->easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE, &connect_code);
     ret->failure = collect.overflow ? HTTP_FAIL_ANSWER : classify(code, verify_result, connect_code);
     if (collect.overflow)
         snprintf(ret->error, sizeof(ret->error), "answer larger than %d bytes", HTTP_BODY_MAX);
@@ -247,7 +255,7 @@ int http_request(struct http *h, const char *method, const char *url, const char
                  connect_code);
     else
         snprintf(ret->error, sizeof(ret->error), "%s", h->errbuf[0] ? h->errbuf
-                                                                    : curl_easy_strerror(code));
+                                                                    : h->api->easy_strerror(code));
     /* libcurl quotes URLs in its messages, a proxy's password included (field case B31). */
     http_redact_userinfo(ret->error);
     return failure_errno(ret->failure);

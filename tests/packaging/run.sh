@@ -86,10 +86,22 @@ control_file() { dpkg-deb --ctrl-tarfile "$1" | tar -xOf - "./$2" 2>/dev/null; }
 # has TEXT ERE / lacks TEXT ERE
 has() { grep -qE -- "$2" <<<"$1"; }
 lacks() { ! grep -qE -- "$2" <<<"$1"; }
+# The libraries libcurl.so.4 needs in root (its ldd) that an initramfs listing lacks: the agent
+# dlopen()s libcurl there to register (rd.tpm_provision.register=1).
+curl_deps_missing() {
+    local root=$1 listing=$2 lib out=""
+    for lib in $(in_root "$root" ldd /usr/lib/x86_64-linux-gnu/libcurl.so.4 |
+        sed -n 's|.*=> /[^ ]*/\([^/ ]*\) (.*|\1|p'); do
+        grep -q "/$lib\$\|/$lib " <<<"$listing" || out="$out $lib"
+    done
+    echo "$out"
+}
 
 deps=$(field "$AGENT_DEB" Depends)
 check "tpm-provision depends on libtss2-tcti-device0 (dlopen()ed, no shlibs entry names it)" \
     has "$deps" '(^|, )libtss2-tcti-device0(,|$| )'
+check "tpm-provision depends on libcurl4 (dlopen()ed when it talks to DPS)" \
+    has "$deps" '(^|, )libcurl4(,|$| )'
 check "tpm-provision depends on tpm-udev (the tss group and the node's owner)" \
     has "$deps" '(^|, )tpm-udev(,|$| )'
 check "tpm-provision-dracut depends on tpm-provision and dracut-core" \
@@ -230,12 +242,15 @@ scenario_initramfs_tools() {
     check "initramfs-tools: the initramfs was rebuilt" [ "$(initrd_sum "$root")" != "$before" ]
     listing=$(in_root "$root" lsinitramfs "/boot/initrd.img-$KVER")
     missing=""
-    for f in 'usr/sbin/tpm-provision$' 'libtss2-tcti-device\.so\.0' \
-        'scripts/init-premount/tpm-provision$' 'etc/tpm-provision/tpm-provision\.conf$' \
+    for f in 'usr/sbin/tpm-provision$' 'libtss2-tcti-device\.so\.0' 'libcurl\.so\.4' \
+        'libnghttp2\.so' 'scripts/init-premount/tpm-provision$' 'etc/tpm-provision/tpm-provision\.conf$' \
         'drivers/char/tpm/tpm_tis_spi\.ko'; do
         grep -q "$f" <<<"$listing" || missing="$missing $f"
     done
     check "initramfs-tools: the initramfs holds agent, TCTI module, script, configuration, TPM drivers${missing:+ (missing:$missing)}" \
+        [ -z "$missing" ]
+    missing=$(curl_deps_missing "$root" "$listing")
+    check "initramfs-tools: the initramfs holds every library libcurl needs${missing:+ (missing:$missing)}" \
         [ -z "$missing" ]
     # The script runs only if init-premount's ORDER lists it.
     rm -rf "$root/tmp/unpacked"
@@ -290,12 +305,15 @@ scenario_dracut() {
     listing=$(in_root "$root" lsinitrd "/boot/initrd.img-$KVER")
     missing=""
     for f in '^tpm-provision$' 'usr/sbin/tpm-provision$' 'libtss2-tcti-device\.so\.0' \
-        'systemd/system/tpm-provision-initrd\.service$' \
+        'libcurl\.so\.4' 'libnghttp2\.so' 'systemd/system/tpm-provision-initrd\.service$' \
         'systemd/system/tpm-provision-initrd-register\.service$' \
         'udev/rules\.d/70-tpm-provision\.rules$' 'etc/tpm-provision/tpm-provision\.conf$'; do
         grep -q "$f" <<<"$listing" || missing="$missing $f"
     done
     check "dracut: the initramfs holds module, agent, TCTI module, units, rule, configuration${missing:+ (missing:$missing)}" \
+        [ -z "$missing" ]
+    missing=$(curl_deps_missing "$root" "$listing")
+    check "dracut: the initramfs holds every library libcurl needs${missing:+ (missing:$missing)}" \
         [ -z "$missing" ]
 
     root_apt "$root" remove tpm-provision-dracut >"$work/apt.log" 2>&1

@@ -219,6 +219,8 @@ check "recipe: installed units and scripts call /usr/sbin/tpm-provision, no @...
     bash -c "grep -q 'ExecStart=/usr/sbin/tpm-provision own' '$D/usr/lib/systemd/system/tpm-provision-tpm.service' && grep -q '^TPM_PROVISION_AGENT=/usr/sbin/tpm-provision$' '$D/init.d/$MODULE_NAME' && ! grep -rq '@[a-z]*@' '$D/usr/lib' '$D/init.d'"
 check "recipe: RDEPENDS on libtss2-tcti-device (dlopen()ed by the TCTI loader)" \
     grep -q '^RDEPENDS:${PN} += "libtss2-tcti-device"' "$RECIPE"
+check "recipe: RDEPENDS on libcurl (dlopen()ed when the agent talks to DPS)" \
+    grep -q '^RDEPENDS:${PN} += "libcurl"' "$RECIPE"
 check "recipe: the units are not enabled (SYSTEMD_AUTO_ENABLE = \"disable\")" \
     grep -q '^SYSTEMD_AUTO_ENABLE = "disable"' "$RECIPE"
 check "layer: layer.conf names the collection and the recipe's layer variable" \

@@ -76,6 +76,9 @@ CONFFILES:${PN} = "${sysconfdir}/tpm-provision/tpm-provision.conf"
 # The TCTI loader dlopen()s libtss2-tcti-device.so.0 at run time, so no shared library
 # dependency names it (boot-integration.md 3.3).
 RDEPENDS:${PN} += "libtss2-tcti-device"
+# The agent dlopen()s libcurl.so.4 when it is about to talk to DPS (agent/dps/curl-api.h), so
+# no shared library dependency names that either.
+RDEPENDS:${PN} += "libcurl"
 # CA certificates verify DPS's TLS certificate unless CABundle= names a bundle of its own.
 RRECOMMENDS:${PN} += "ca-certificates"
 
