@@ -9,9 +9,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 
-int curl_api_load(const struct curl_api **ret) {
-    static struct curl_api api;
-    static bool loaded;
+int curl_api_load_from(const char *soname, struct curl_api *ret) {
     static const struct {
         const char *name;
         size_t offset;
@@ -28,28 +26,40 @@ int curl_api_load(const struct curl_api **ret) {
         /* Found through libcurl's own dependencies: the OpenSSL it was built with. */
         {"SSL_CTX_get0_param", offsetof(struct curl_api, ssl_ctx_get0_param)},
     };
+    struct curl_api api = {0};
     void *lib;
 
-    if (loaded) {
-        *ret = &api;
-        return 0;
-    }
-    /* Never closed: libcurl's handles live until the process ends. */
-    lib = dlopen(CURL_API_SONAME, RTLD_NOW | RTLD_LOCAL);
+    /* Never closed once it serves: libcurl's handles live until the process ends. */
+    lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return log_error_errno(ENOPKG, "Cannot load %s, which talking to DPS needs: %s. "
-                               "Install libcurl (Debian: libcurl4).", CURL_API_SONAME,
-                               dlerror());
+                               "Install libcurl (Debian: libcurl4).", soname, dlerror());
     for (size_t i = 0; i < ARRAY_SIZE(symbols); i++) {
         void *sym = dlsym(lib, symbols[i].name);
-        if (!sym)
+        if (!sym) {
+            dlclose(lib);
             return log_error_errno(ENOPKG, "%s has no %s: the agent needs a libcurl built "
                                    "with OpenSSL (Debian: libcurl4, not libcurl3-gnutls).",
-                                   CURL_API_SONAME, symbols[i].name);
+                                   soname, symbols[i].name);
+        }
         /* POSIX guarantees a function pointer survives the round trip through void *. */
         *(void **)((char *)&api + symbols[i].offset) = sym;
     }
-    loaded = true;
+    *ret = api;
+    return 0;
+}
+
+int curl_api_load(const struct curl_api **ret) {
+    static struct curl_api api;
+    static bool loaded;
+    int r;
+
+    if (!loaded) {
+        r = curl_api_load_from(CURL_API_SONAME, &api);
+        if (r < 0)
+            return r;
+        loaded = true;
+    }
     *ret = &api;
     return 0;
 }

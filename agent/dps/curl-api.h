@@ -29,6 +29,9 @@ struct curl_api {
     X509_VERIFY_PARAM *(*ssl_ctx_get0_param)(SSL_CTX *ctx);
 };
 
-/* Loads libcurl once per process; later calls return the same table. Logs and returns a
- * negative errno when it is missing or not built with OpenSSL. */
+/* Loads libcurl (CURL_API_SONAME) once per process; later calls return the same table. Logs
+ * and returns -ENOPKG when it is missing or not built with OpenSSL. */
 int curl_api_load(const struct curl_api **ret);
+
+/* One load of soname into *ret, no caching (curl_api_load's work; tests give other names). */
+int curl_api_load_from(const char *soname, struct curl_api *ret);
