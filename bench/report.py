@@ -59,6 +59,13 @@ WHY_EXTRA = {
                      "`register` reads the state index twice (the fast-path check, then again "
                      "before registering)",
     "NV_Read": "`register` reads the state record twice (see NV_ReadPublic)",
+    "NV_Write": "`register` marks the record \"registering\" before the signed request "
+                "(docs/state-record.md): DPS may re-assign the device as soon as it has that "
+                "request, so a cut after it must send the next boot to DPS again, not down the "
+                "fast path",
+    "HMAC": "`register` signs once with the hub key before it persists it: a key whose "
+            "authorization the TPM refuses (which DPS never sends) is then never kept, where "
+            "each later `sas` could count towards dictionary-attack lockout",
 }
 
 
