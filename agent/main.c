@@ -119,7 +119,7 @@ static void help_global(FILE *f) {
             "  --state-index=INDEX       NV index of the state record (default 0x%08x)\n"
             "  --identity-handle=HANDLE  persistent handle of the DPS identity key (default 0x%08x)\n"
             "  --config=FILE             configuration file (default %s)\n"
-            "  -v, --verbose             more detail (repeat for debug)\n"
+            "  -v, --verbose             debug messages too\n"
             "  -q, --quiet               errors only\n"
             "  -h, --help                this help; with a command, that command's help\n"
             "      --version             print the version\n\n"
@@ -191,8 +191,8 @@ enum {
 struct overrides {
     const char *tcti, *auth_file[_HIERARCHY_MAX], *config;
     const char *id_scope, *endpoint, *registration_id, *payload, *ca_bundle, *api_version;
+    const char *timeout; /* as TimeoutSec= */
     uint32_t ek_handle, srk_handle, state_index, identity_handle;
-    int64_t timeout;
 };
 
 static int set_string(char **slot, const char *value) {
@@ -227,8 +227,9 @@ static int apply_overrides(struct config *c, const struct overrides *v) {
         c->state_index = v->state_index;
     if (v->identity_handle)
         c->identity_handle = v->identity_handle;
-    if (v->timeout >= 0)
-        c->deadline_sec = (uint32_t)v->timeout;
+    /* Read as TimeoutSec= is: the same units and range. */
+    if (v->timeout && config_set_key(c, "TimeoutSec", v->timeout, "Command line", "--timeout") < 0)
+        return -EINVAL;
     /* A trailing slash on the endpoint would double in every URL. */
     if (c->endpoint) {
         size_t n = strlen(c->endpoint);
@@ -306,7 +307,7 @@ int main(int argc, char *argv[]) {
         {},
     };
     struct options o = {.clock_floor = BUILD_EPOCH}; /* .expiry 0: SasTokenLifetimeSec= */
-    struct overrides v = {.timeout = -1};
+    struct overrides v = {0};
     const char *only_for = NULL, *only_cmd = NULL, *enroll_only = NULL;
     const struct command *cmd = NULL;
     bool help = false;
@@ -334,13 +335,19 @@ int main(int argc, char *argv[]) {
         case OPT_PAYLOAD: v.payload = optarg; break;
         case OPT_CA_BUNDLE: v.ca_bundle = optarg; break;
         case OPT_API_VERSION: v.api_version = optarg; break;
-        case OPT_TIMEOUT: r = parse_seconds(optarg, "--timeout", 7 * 24 * 3600, &v.timeout); break;
+        case OPT_TIMEOUT: v.timeout = optarg; break;
         case OPT_RESOURCE: o.resource = optarg; only_for = "--resource"; only_cmd = "sas"; break;
         case OPT_EXPIRY:
             only_for = "--expiry";
             only_cmd = "sas";
             if (optarg[0] == '@') {
+                /* No further ahead than a relative lifetime may go: a token that lives for
+                 * centuries is a key handed out. */
                 r = parse_seconds(optarg + 1, "--expiry", INT64_MAX / 2, &o.expiry);
+                if (r == 0 && o.expiry > (int64_t)time(NULL) + 365 * 24 * 3600)
+                    r = log_error_errno(EINVAL, "Invalid --expiry '%s': at most a year ahead "
+                                        "(%lld), as a lifetime in seconds is.", optarg,
+                                        (long long)time(NULL) + 365 * 24 * 3600);
                 o.expiry = -o.expiry;
             } else
                 r = parse_seconds(optarg, "--expiry", 365 * 24 * 3600, &o.expiry);
@@ -361,11 +368,22 @@ int main(int argc, char *argv[]) {
         case OPT_PROVISIONING_STATUS: o.provisioning_status = optarg; enroll_only = "--provisioning-status"; break;
         case OPT_ALLOCATION: o.allocation = optarg; enroll_only = "--allocation"; break;
         case OPT_IOT_HUB: r = push_arg(&o.iot_hubs, &o.n_iot_hubs, optarg); enroll_only = "--iot-hub"; break;
-        case OPT_JSON: o.format = OUTPUT_JSON; break;
-        case OPT_CSV: o.format = OUTPUT_CSV; break;
+        case OPT_JSON:
+        case OPT_CSV: {
+            enum output_format f = c == OPT_JSON ? OUTPUT_JSON : OUTPUT_CSV;
+            if (o.format != OUTPUT_TEXT && o.format != f)
+                r = log_error_errno(EINVAL, "--json and --csv exclude each other: give one.");
+            o.format = f;
+            break;
+        }
         case OPT_SET_LOCKOUT_AUTH: o.set_lockout_auth_file = optarg; break;
-        case 'v': level = level < LOG_DEBUG ? level + 1 : LOG_DEBUG; break;
-        case 'q': level = LOG_ERR; break;
+        case 'v':
+        case 'q':
+            if ((c == 'v' && level == LOG_ERR) || (c == 'q' && level == LOG_DEBUG))
+                r = log_error_errno(EINVAL, "--verbose and --quiet exclude each other: give "
+                                    "one.");
+            level = c == 'v' ? LOG_DEBUG : LOG_ERR;
+            break;
         case 'h': help = true; break;
         case OPT_VERSION:
             printf("tpm-provision %s\n", VERSION);
@@ -438,6 +456,20 @@ int main(int argc, char *argv[]) {
         status = EXIT_USAGE;
         goto done;
     }
+    if (o.service_endpoint && cmd->run == cmd_enroll) {
+        const char *why = config_check_endpoint(o.service_endpoint);
+        if (why) {
+            log_error("Invalid --endpoint=%s: %s.", secret_shown(o.service_endpoint), why);
+            status = EXIT_USAGE;
+            goto done;
+        }
+    }
+    if (o.resource && !*o.resource) {
+        log_error("--resource= is empty: give the URI the token is for, or leave the option "
+                  "out for the device's own (hub/devices/ID).");
+        status = EXIT_USAGE;
+        goto done;
+    }
     if (o.n_previous > 0 && cmd->run == cmd_ek && !o.append) {
         /* Without a list to add to there is nothing to compare the EK for. */
         log_error("--previous goes with 'ek --append=FILE'.");
@@ -459,6 +491,8 @@ int main(int argc, char *argv[]) {
         r = config_load(&o.cfg);
     if (r >= 0)
         r = apply_overrides(&o.cfg, &v);
+    if (r >= 0)
+        r = config_check_handles(&o.cfg);
     if (r >= 0)
         r = cmd->run(&o);
     config_done(&o.cfg);

@@ -32,9 +32,17 @@ int log_internal(int level, int error, const char *func, const char *fmt, ...) {
         char line[2048];
         va_list ap;
 
+        /* %m says the error being reported, not whatever errno was left behind. */
+        if (error)
+            errno = error;
         va_start(ap, fmt);
         vsnprintf(line, sizeof(line), fmt, ap);
         va_end(ap);
+        /* Messages carry text from outside (DPS's answers, file names): a newline in it would
+         * start a line of its own, which the journal takes for a message of the agent's. */
+        for (char *p = line; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = '?';
         if (max_level >= LOG_DEBUG)
             fprintf(stderr, "<%d>%s: %s\n", level, func, line);
         else

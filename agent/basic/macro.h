@@ -2,6 +2,7 @@
 /* Small language helpers shared by every module. No dependency beyond libc. */
 #pragma once
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -36,6 +37,23 @@ static inline void closep(int *fd) {
         if (*p)                                                                                    \
             func(*p);                                                                              \
     }
+
+/* A file the user named that cannot be opened for a reason its name explains (missing, a
+ * directory, no permission) is input to fix: -EINVAL, exit 2. Other errors stay what they are.
+ * Call with the positive errno, after logging it. */
+static inline int path_error(int error) {
+    switch (error) {
+    case ENOENT:
+    case ENOTDIR:
+    case EISDIR:
+    case EACCES:
+    case ELOOP:
+    case ENAMETOOLONG:
+        return -EINVAL;
+    default:
+        return -error;
+    }
+}
 
 static inline void secure_zero(void *p, size_t n) {
     if (p && n)

@@ -24,6 +24,8 @@ int secret_read_file(const char *path, size_t max, uint8_t *ret_buf, size_t *ret
         return -errno;
     if (fstat(fd, &st) < 0)
         return -errno;
+    if (S_ISDIR(st.st_mode))
+        return -EISDIR;
     if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode))
         return -EINVAL;
     if (S_ISREG(st.st_mode) && (st.st_mode & 0077))

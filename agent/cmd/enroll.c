@@ -215,8 +215,11 @@ static int journal_open(struct job *j) {
     j->journal_fd = open(j->journal_path, flags | O_CLOEXEC | O_NOCTTY, 0644);
     if (j->journal_fd < 0 && errno == ENOENT && j->o->dry_run)
         return 0;
-    if (j->journal_fd < 0)
-        return log_error_errno(errno, "Cannot open the results file %s: %m", j->journal_path);
+    if (j->journal_fd < 0) {
+        int error = errno;
+        log_error_errno(error, "Cannot open the results file %s: %m", j->journal_path);
+        return path_error(error);
+    }
     /* Two runs on one list would both send its rows: one at a time. */
     if (flock(j->journal_fd, (j->o->dry_run ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0)
         return log_error_errno(errno == EWOULDBLOCK ? EBUSY : errno, "%s is in use by another "
@@ -456,8 +459,11 @@ static int read_twin(struct job *j) {
     if (!j->o->initial_twin)
         return 0;
     fd = open(j->o->initial_twin, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return log_error_errno(errno, "Cannot open the initial twin %s: %m", j->o->initial_twin);
+    if (fd < 0) {
+        int error = errno;
+        log_error_errno(error, "Cannot open the initial twin %s: %m", j->o->initial_twin);
+        return path_error(error);
+    }
     j->twin = calloc(1, TWIN_MAX + 1);
     if (!j->twin)
         return log_oom();
@@ -498,8 +504,10 @@ static int read_connection_string(const struct options *o, struct dps_connection
                                "the connection string itself, which must never be on a command "
                                "line (it shows in ps and in shell history).");
     r = secret_read_file(path, CONNECTION_STRING_MAX, (uint8_t *)buf, &len);
-    if (r < 0)
-        return log_error_errno(r, "Cannot read the connection string from %s: %m", path);
+    if (r < 0) {
+        log_error_errno(r, "Cannot read the connection string from %s: %m", path);
+        return path_error(-r);
+    }
     buf[len] = '\0';
     r = dps_connection_string_parse(buf, ret, &why);
     secure_zero(buf, sizeof(buf));

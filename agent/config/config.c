@@ -189,6 +189,28 @@ static const char *check_endpoint(const char *v) {
     return NULL;
 }
 
+const char *config_check_endpoint(const char *url) {
+    return check_endpoint(url);
+}
+
+int config_check_handles(const struct config *c) {
+    const struct {
+        const char *name;
+        uint32_t handle;
+    } h[] = {
+        {"EKHandle= (--ek-handle)", c->ek_handle},
+        {"SRKHandle= (--srk-handle)", c->srk_handle},
+        {"IdentityHandle= (--identity-handle)", c->identity_handle},
+    };
+
+    for (size_t i = 0; i < ARRAY_SIZE(h); i++)
+        for (size_t j = i + 1; j < ARRAY_SIZE(h); j++)
+            if (h[i].handle == h[j].handle)
+                return log_error_errno(EINVAL, "%s and %s both name 0x%08x: each key needs a "
+                                       "handle of its own.", h[i].name, h[j].name, h[i].handle);
+    return 0;
+}
+
 static const char *check_api_version(const char *v) {
     if (strlen(v) > 32)
         return "it is longer than 32 characters";
@@ -808,8 +830,12 @@ static int load_cmdline_file(struct config *c) {
         log_debug("No %s (no /proc mounted?): no kernel command line keys.", path);
         return 0;
     }
-    if (!f)
-        return log_error_errno(errno, "Cannot open kernel command line %s: %m", path);
+    if (!f) {
+        int error = errno;
+        log_error_errno(error, "Cannot open kernel command line %s%s: %m", path,
+                        custom ? " (TPM_PROVISION_CMDLINE)" : "");
+        return custom ? path_error(error) : -error;
+    }
     /* No NUL in /proc/cmdline: reading up to one reads the whole text. */
     if (getdelim(&buf, &size, '\0', f) < 0) {
         if (ferror(f))
@@ -844,7 +870,11 @@ int config_load(struct config *c) {
     if (!custom)
         main_path = CONFIG_DEFAULT_PATH;
     r = config_load_file(c, main_path);
-    if (r == -ENOENT)
+    if (r == -ENOENT && custom)
+        /* Named on purpose: a typo must not pass for the defaults unseen. */
+        log_warning("The configuration file %s (TPM_PROVISION_CONFIG) does not exist; using "
+                    "the defaults.", main_path);
+    else if (r == -ENOENT)
         log_debug("No configuration file %s; using the defaults.", main_path);
     else if (r < 0)
         return r;
@@ -910,4 +940,12 @@ int config_check_for_registration(const struct config *c) {
         r = log_error_errno(EINVAL, "DPS api-version '%s' is not valid; expected one like %s.",
                             c->api_version ?: "", CONFIG_DEFAULT_API_VERSION);
     return r;
+}
+
+int config_set_key(struct config *c, const char *name, const char *value, const char *where,
+                   const char *as) {
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return key_set(c, &keys[i], value, where, as);
+    return -ENOENT;
 }

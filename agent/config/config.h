@@ -105,4 +105,16 @@ int config_check_for_registration(const struct config *c);
 /* Why url is not a proxy URL libcurl can use (scheme://[user:password@]host[:port]), or NULL. */
 const char *config_check_proxy(const char *url);
 
+/* Sets the configuration key `name` (as in the file, say "TimeoutSec") from a value given
+ * elsewhere, checked as the file's value is; errors name `where` and `as` (the option). */
+int config_set_key(struct config *c, const char *name, const char *value, const char *where,
+                   const char *as);
+
+/* NULL when url is an https:// URL naming a host (and port) only; else why not. */
+const char *config_check_endpoint(const char *url);
+
+/* EKHandle=, SRKHandle= and IdentityHandle= must name three handles: -EINVAL (logged) when
+ * two are the same, since the agent would take one key for the other. */
+int config_check_handles(const struct config *c);
+
 void config_done(struct config *c);

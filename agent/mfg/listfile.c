@@ -53,17 +53,7 @@ static int open_failed(const char *path) {
     int error = errno;
 
     log_error_errno(error, "Cannot open the list %s: %m", secret_shown(path));
-    switch (error) {
-    case ENOENT:
-    case ENOTDIR:
-    case EISDIR:
-    case EACCES:
-    case ELOOP:
-    case ENAMETOOLONG:
-        return -EINVAL;
-    default:
-        return -error;
-    }
+    return path_error(error);
 }
 
 /* A list whose text does not parse is input to fix, like a bad option: exit 2. */

@@ -89,12 +89,58 @@ static void test_errno_return_and_level_filter(void **state) {
     log_set_max_level(LOG_INFO);
 }
 
+/* What log_error_errno writes to stderr, read back through a temporary file. */
+static void capture_line(void (*emit)(void), char *out, size_t size) {
+    char path[] = "/tmp/test-log-XXXXXX";
+    int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+    FILE *f;
+
+    assert_true(fd >= 0 && saved >= 0);
+    fflush(stderr);
+    dup2(fd, STDERR_FILENO);
+    emit();
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    f = fdopen(fd, "r");
+    rewind(f);
+    size_t n = fread(out, 1, size - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    unlink(path);
+}
+
+static void emit_percent_m(void) {
+    errno = ENOENT; /* left behind by an earlier call */
+    assert_int_equal(log_error_errno(EISDIR, "Cannot read x: %m"), -EISDIR);
+    assert_int_equal(errno, ENOENT);
+}
+
+static void emit_forged_line(void) {
+    log_error("DPS said: nope\n<5>Provisioned: hub evil\r\x1b[2J.");
+}
+
+static void test_percent_m_is_the_error_given_and_control_characters_cannot_start_a_line(
+    void **state) {
+    char out[512];
+    (void)state;
+    log_set_max_level(LOG_INFO);
+
+    capture_line(emit_percent_m, out, sizeof(out));
+    assert_string_equal(out, "<3>Cannot read x: Is a directory\n");
+    /* A newline from outside must not become a message of its own (field case: log forging
+     * by a DPS impostor's errorMessage). */
+    capture_line(emit_forged_line, out, sizeof(out));
+    assert_string_equal(out, "<3>DPS said: nope?<5>Provisioned: hub evil??[2J.\n");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_event_sent_with_message_id_and_fields_when_stderr_is_the_journal),
         cmocka_unit_test(test_no_event_when_stderr_is_not_the_journal),
         cmocka_unit_test(test_message_ids_are_distinct_128_bit_hex),
         cmocka_unit_test(test_errno_return_and_level_filter),
+        cmocka_unit_test(test_percent_m_is_the_error_given_and_control_characters_cannot_start_a_line),
     };
     return cmocka_run_group_tests_name("log", tests, NULL, NULL);
 }
