@@ -12,6 +12,7 @@ int exit_code_from_errno(int error) {
     case E2BIG:
     case ENOEXEC:
     case ENOKEY:
+    case ENOPKG: /* libcurl missing or without OpenSSL: an installation to fix */
         return EXIT_USAGE;
     case ENODEV:
     case ENXIO:

@@ -838,7 +838,20 @@ static int load_lists(struct job *j) {
         int r = listfile_load(j->names[i], &j->lists[i]);
         if (r < 0)
             return r;
+        if (i < o->n_previous && j->lists[i].torn)
+            return log_error_errno(EINVAL, "%s:%u: a half row without a newline (an interrupted "
+                                   "write?); the device on it would not be compared against. "
+                                   "Check it, then delete the line or end it with a newline.",
+                                   j->names[i], j->lists[i].torn_line);
     }
+    /* Results appended to a list would turn it into something no later run can read. */
+    struct stat rs, ls;
+    if (o->results && stat(o->results, &rs) == 0)
+        for (size_t i = 0; i < j->n_lists; i++)
+            if (stat(j->names[i], &ls) == 0 && ls.st_dev == rs.st_dev && ls.st_ino == rs.st_ino)
+                return log_error_errno(EINVAL, "--results=%s is the list %s itself: results go "
+                                       "in a file of their own (by default the first list's "
+                                       "name with .results.jsonl).", o->results, j->names[i]);
     return 0;
 }
 

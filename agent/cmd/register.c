@@ -308,7 +308,8 @@ static int challenge(struct registration *g) {
         /* A 401 whose body is not JSON at all was garbled on the way (a proxy, a cut
          * connection): no verdict on the enrollment, so ask again. */
         http_response_done(&resp);
-        log_warning("DPS's challenge is not valid JSON; asking again.");
+        log_warning("DPS's challenge is not the JSON it should be (malformed, or a field of the "
+                    "wrong type or over its limit); asking again.");
         r = wait_before_retry(g, NULL, "Malformed challenge");
         if (r < 0)
             return r;
@@ -466,7 +467,8 @@ static int poll_operation(struct registration *g, struct dps_answer *op,
         r = dps_answer_parse(resp.body, &next);
         if (r < 0) {
             http_response_done(&resp);
-            log_warning("DPS's operation status is not valid JSON; asking again.");
+            log_warning("DPS's operation status is not the JSON it should be (malformed, or a "
+                        "field of the wrong type or over its limit); asking again.");
             r = wait_before_retry(g, NULL, "Malformed operation status");
             if (r < 0)
                 return r;
@@ -869,9 +871,11 @@ static int prepare(struct registration *g) {
         return log_error_errno(r, "Cannot read the identity handle 0x%08x: %s",
                                g->cfg->identity_handle, tpm_last_error(g->t));
     if (slot == IDENTITY_SLOT_FOREIGN)
-        return log_error_errno(EEXIST, "0x%08x holds a key tpm-provision did not create (Azure's "
-                               "own SDK uses that handle too); it is left alone. Set "
-                               "IdentityHandle= to a free handle.", g->cfg->identity_handle);
+        return log_error_errno(EEXIST, "0x%08x holds a key tpm-provision did not create%s; it is "
+                               "left alone. Set IdentityHandle= to a free handle.",
+                               g->cfg->identity_handle,
+                               g->cfg->identity_handle == IDENTITY_DEFAULT_HANDLE
+                                   ? " (Azure's own SDK uses that handle too)" : "");
 
     g->body = dps_register_body(g->registration_id, g->ek_base64, g->srk_base64, payload, &r);
     if (!g->body)

@@ -57,7 +57,7 @@ struct config {
 
     /* [TPM] */
     char *tcti;                  /* TCTI=; cmdline tcti, env TPM_PROVISION_TCTI; NULL: default */
-    uint32_t ek_handle;          /* EKHandle= default 0x81010001, 0x81000000..0x81ffffff */
+    uint32_t ek_handle;          /* EKHandle= default 0x81010001, 0x81000000..0x817fffff */
     uint32_t srk_handle;         /* SRKHandle= default 0x81000001, same range */
     uint32_t identity_handle;    /* IdentityHandle= default 0x81000100, same range */
     uint32_t state_index;        /* StateIndex= default 0x01000100, 0x01000000..0x01bfffff */

@@ -113,7 +113,7 @@ int dps_answer_parse(const char *body, struct dps_answer *ret) {
 
     e = e ? e : take_string(root, "status", 32, &status);
     e = e ? e : take_string(root, "operationId", 256, &a.operation_id);
-    e = e ? e : take_string(root, "authenticationKey", 4096, &a.authentication_key);
+    e = e ? e : take_string(root, "authenticationKey", DPS_KEY_TEXT_MAX, &a.authentication_key);
     top_key = a.authentication_key != NULL;
     e = e ? e : take_string(root, "keyName", 64, &a.key_name);
     e = e ? e : take_int(root, "errorCode", &a.error_code);
@@ -126,7 +126,7 @@ int dps_answer_parse(const char *body, struct dps_answer *ret) {
     e = e ? e : take_string(state, "errorMessage", 1024, &a.error_message);
     /* The challenge carries the key at the top; the assignment inside registrationState. */
     if (!e && !top_key)
-        e = take_string(state_tpm ? state_tpm : tpm, "authenticationKey", 4096,
+        e = take_string(state_tpm ? state_tpm : tpm, "authenticationKey", DPS_KEY_TEXT_MAX,
                         &a.authentication_key);
     json_object_put(root);
 

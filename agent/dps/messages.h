@@ -15,6 +15,10 @@
 char *dps_register_body(const char *registration_id, const char *ek_base64,
                         const char *srk_base64, const char *payload_json, int *ret_error);
 
+/* authenticationKey's text: no more than a whole answer (64 KiB, dps/http.h); the blob's own
+ * parser (dps/wire.h) bounds each field, field 6 up to 65535 bytes. */
+#define DPS_KEY_TEXT_MAX (64 * 1024)
+
 enum dps_status {
     DPS_STATUS_UNKNOWN = 0,
     DPS_STATUS_UNASSIGNED,
@@ -38,7 +42,7 @@ struct dps_answer {
 
 /*
  * Parses any DPS answer body. Unknown fields are ignored; a field of the wrong type, a string
- * over its limit (hub 128, device ID 128, operation ID 256, key 4096, message 1024) or a body
+ * over its limit (hub 128, device ID 128, operation ID 256, key DPS_KEY_TEXT_MAX, message 1024) or a body
  * that is not a JSON object gives -EBADMSG. Never fails for a missing field: callers check
  * what they need.
  */

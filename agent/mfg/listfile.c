@@ -76,13 +76,16 @@ int listfile_load(const char *path, struct ekrows *ret) {
     size_t len;
     int r;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK: a FIFO given as a list must not hang the line; read_all takes files only. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return open_failed(path);
     /* A station may be appending right now: its row is whole once the lock is ours. */
     if (flock(fd, LOCK_SH) < 0)
         return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
     r = read_all(fd, &data, &len);
+    if (r == -EINVAL)
+        return log_error_errno(EINVAL, "The list %s is not a regular file.", secret_shown(path));
     if (r < 0)
         return log_error_errno(r, "Cannot read the list %s: %m", secret_shown(path));
     r = parse_logged(path, data, len, ret);
@@ -193,12 +196,11 @@ int listfile_append(const char *path, enum ekrows_format format, const struct ek
     if (flock(fd, LOCK_EX) < 0)
         return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
     r = read_all(fd, &data, &len);
+    if (r == -EINVAL)
+        return log_error_errno(EINVAL, "The list %s is not a regular file.", secret_shown(path));
     if (r < 0)
         return log_error_errno(r, "Cannot read the list %s: %m", secret_shown(path));
     r = parse_logged(path, data, len, ret_list);
-    if (r < 0)
-        return r;
-    r = repair_torn(path, fd, ret_list);
     if (r < 0)
         return r;
 
@@ -229,6 +231,10 @@ int listfile_append(const char *path, enum ekrows_format format, const struct ek
                                    "appended.", path, ret_list->rows[i].line,
                                    ret_list->rows[i].error);
     r = find_conflict(ret_list, path, previous, previous_names, n_previous, row, ret_conflict);
+    if (r < 0)
+        return r;
+    /* Only a list that will take the row loses its half row: a refused one stays as it is. */
+    r = repair_torn(path, fd, ret_list);
     if (r < 0)
         return r;
     return write_row(path, fd, format, ret_list->n_rows == 0 && format == EKROWS_FORMAT_CSV &&

@@ -88,7 +88,8 @@ static bool is_storage_key(const TPM2B_PUBLIC *pub) {
     return (a & TPMA_OBJECT_RESTRICTED) && (a & TPMA_OBJECT_DECRYPT) && !(a & TPMA_OBJECT_SIGN_ENCRYPT);
 }
 
-/* Reads a whole small NV index with its own authorization; -ENOENT when not defined. */
+/* Reads a whole small NV index with its own authorization (or auth_override's); -ENOENT when
+ * not defined, -EPERM (nothing sent) for its own on an index without NO_DA. */
 static int nv_read_all(struct tpm *t, TPM2_HANDLE index, ESYS_TR auth_override, uint8_t **ret,
                        size_t *ret_len, TPMA_NV *ret_attrs) {
     TPM2B_NV_PUBLIC *pub = NULL;
@@ -104,6 +105,12 @@ static int nv_read_all(struct tpm *t, TPM2_HANDLE index, ESYS_TR auth_override, 
     Esys_Free(pub);
     if (ret_attrs)
         *ret_attrs = attrs;
+    /* The index's own authorization on an index without NO_DA: if it has a password, the
+     * empty value counts towards lockout at every read (someone else's index). */
+    if (auth_override == ESYS_TR_NONE && (attrs & TPMA_NV_AUTHREAD) && !(attrs & TPMA_NV_NO_DA)) {
+        Esys_TR_Close(t->esys, &tr);
+        return -EPERM;
+    }
 
     buf = malloc(size ? size : 1);
     if (!buf) {
@@ -153,17 +160,22 @@ static int parse_cert(struct ek_cert *c, uint8_t *data, size_t len) {
 /* Reads one of the TPM maker's indices (EK certificate, template, nonce): with its own
  * authorization, and when the index does not allow that (no AUTHREAD, or the platform refused
  * its own authorization) with the owner's, but only when OWNERREAD allows it and the value is
- * known (field case B21). -ENOENT when the index is not defined. */
+ * known (field case B21). Its own (empty) authorization is tried only on an index with NO_DA,
+ * as the TCG's have: on another one, a password the agent cannot know would make every read
+ * count towards dictionary-attack lockout; -EPERM then, unless the owner can read it.
+ * -ENOENT when the index is not defined. */
 static int nv_read_maker_index(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE index,
                                uint8_t **ret, size_t *ret_len) {
+    bool owner_can = false;
     TPMA_NV attrs = 0;
     int r;
 
     r = nv_read_all(t, index, ESYS_TR_NONE, ret, ret_len, &attrs);
     if (r >= 0 || r == -ENOENT || r == -ENODATA || !tpm_rc_from_tpm(t->last_rc))
         return r;
-    if (!(attrs & TPMA_NV_OWNERREAD) ||
-        !(a->auth[HIERARCHY_OWNER].supplied || !hierarchy_auth_is_set(t, HIERARCHY_OWNER)))
+    owner_can = (attrs & TPMA_NV_OWNERREAD) &&
+                (a->auth[HIERARCHY_OWNER].supplied || !hierarchy_auth_is_set(t, HIERARCHY_OWNER));
+    if (!owner_can)
         return r;
     log_debug("Reading NV index 0x%08x with its own authorization failed (%s); trying owner "
               "authorization.", index, tpm_last_error(t));
@@ -184,7 +196,10 @@ int ek_cert_read(struct tpm *t, const struct hierarchy_auths *a, struct ek_cert 
     ret->present = true;
     if (r < 0) {
         snprintf(ret->why_unreadable, sizeof(ret->why_unreadable), "%s",
-                 r == -ENODATA ? "index defined but never written" : tpm_last_error(t));
+                 r == -ENODATA ? "index defined but never written"
+                 : r == -EPERM ? "not read: without NO_DA, its own authorization could count "
+                                 "towards dictionary-attack lockout, and the owner's is not at hand"
+                               : tpm_last_error(t));
         return 0;
     }
     if (parse_cert(ret, data, len) < 0) {
@@ -223,6 +238,12 @@ int ek_cert_matches(const struct ek_cert *c, const TPM2B_PUBLIC *pub) {
     return r;
 }
 
+static const char *maker_index_error(struct tpm *t, int r) {
+    return r == -EPERM ? "it has no NO_DA, so its own authorization could count towards "
+                         "dictionary-attack lockout; give --owner-auth= if the owner may read it"
+                       : tpm_last_error(t);
+}
+
 /* The TPM maker's EK template and nonce in NV override the default (EK Credential Profile
  * 2.x, section 2.2.1.5): the nonce goes to the start of unique, zero-filled to the key size. */
 static int ek_template(struct tpm *t, const struct hierarchy_auths *a, TPM2B_PUBLIC *ret,
@@ -239,7 +260,7 @@ static int ek_template(struct tpm *t, const struct hierarchy_auths *a, TPM2B_PUB
         return 0;
     if (r < 0)
         return log_error_errno(r, "The TPM defines an EK template index 0x%08x that cannot be "
-                               "read: %s", EK_TEMPLATE_RSA_INDEX, tpm_last_error(t));
+                               "read: %s", EK_TEMPLATE_RSA_INDEX, maker_index_error(t, r));
     TPMT_PUBLIC tmpl = {0};
     TSS2_RC rc = Tss2_MU_TPMT_PUBLIC_Unmarshal(data, len, &off, &tmpl);
     free(data);
@@ -254,7 +275,7 @@ static int ek_template(struct tpm *t, const struct hierarchy_auths *a, TPM2B_PUB
         return 0;
     if (r < 0)
         return log_error_errno(r, "Cannot read the EK nonce index 0x%08x: %s", EK_NONCE_RSA_INDEX,
-                               tpm_last_error(t));
+                               maker_index_error(t, r));
     uint16_t key_bytes = tmpl.parameters.rsaDetail.keyBits / 8;
     if (len > key_bytes || key_bytes > sizeof(ret->publicArea.unique.rsa.buffer)) {
         free(data);
@@ -309,6 +330,26 @@ static int ek_compute(struct tpm *t, const struct hierarchy_auths *a, ESYS_TR *r
     return 0;
 }
 
+/* Whether a persisted key can be an EK: a restricted decryption key that only a policy may use
+ * (adminWithPolicy, an authPolicy; TCG EK Credential Profile 2.2.1). Someone's storage key at
+ * the EK's handle would otherwise be exported and enrolled as this TPM's EK. */
+static int check_persisted_ek(const TPM2B_PUBLIC *pub, TPM2_HANDLE handle) {
+    char kind[32];
+
+    if (!is_storage_key(pub))
+        return log_error_errno(EINVAL, "The object at 0x%08x (%s) is not a restricted "
+                               "decryption key, so it cannot be an EK. Set --ek-handle to where "
+                               "the EK is.", handle, key_kind(pub, kind, sizeof(kind)));
+    if (pub->publicArea.authPolicy.size == 0 ||
+        !(pub->publicArea.objectAttributes & TPMA_OBJECT_ADMINWITHPOLICY))
+        return log_error_errno(EINVAL, "The object at 0x%08x (%s) has no EK policy (%s), so it "
+                               "is no EK but someone's storage key. Set --ek-handle to where the "
+                               "EK is.", handle, key_kind(pub, kind, sizeof(kind)),
+                               pub->publicArea.authPolicy.size == 0 ? "an empty authPolicy"
+                                                                    : "no adminWithPolicy");
+    return 0;
+}
+
 int ek_read(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle,
             TPM2B_PUBLIC *ret_pub, bool *ret_persisted) {
     ESYS_TR tr = ESYS_TR_NONE;
@@ -316,6 +357,9 @@ int ek_read(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle,
 
     r = persistent_public(t, handle, ret_pub);
     if (r == 0) {
+        r = check_persisted_ek(ret_pub, handle);
+        if (r < 0)
+            return r;
         *ret_persisted = true;
         return 0;
     }
@@ -342,10 +386,9 @@ int ek_ensure(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handle
     r = persistent_public(t, handle, ret_pub);
     if (r == 0) {
         /* Someone's EK, maybe the TPM maker's: used as it is, never replaced. */
-        if (!is_storage_key(ret_pub))
-            return log_error_errno(EINVAL, "The object at 0x%08x (%s) is not a restricted "
-                                   "decryption key, so it cannot be an EK. Set --ek-handle to "
-                                   "where the EK is.", handle, key_kind(ret_pub, kind, sizeof(kind)));
+        r = check_persisted_ek(ret_pub, handle);
+        if (r < 0)
+            return r;
         log_info("EK found at 0x%08x (%s).", handle, key_kind(ret_pub, kind, sizeof(kind)));
         *ret_created = false;
         return 0;
@@ -401,6 +444,14 @@ int srk_ensure(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE handl
                                    "(for example 0x81000002).", handle,
                                    key_kind(ret_pub, kind, sizeof(kind)),
                                    is_storage_key(ret_pub) ? "" : " that is no storage key");
+        /* Every registration uses the SRK with an empty password. Without noDA, one set by
+         * another tool would make each use count towards dictionary-attack lockout. */
+        if (!(ret_pub->publicArea.objectAttributes & TPMA_OBJECT_NODA))
+            return log_error_errno(EINVAL, "The storage key at 0x%08x lacks noDA: if it has a "
+                                   "password (someone else's key), every use would count "
+                                   "towards the TPM's dictionary-attack lockout. It is not ours "
+                                   "to replace: set --srk-handle to a free persistent handle "
+                                   "(for example 0x81000002).", handle);
         log_info("SRK found at 0x%08x.", handle);
         *ret_created = false;
         return 0;

@@ -32,6 +32,8 @@ def run(agent, *args, env=None):
     (["sas", "--resource="], "--resource= is empty"),
     (["sas", "--expiry=@9999999999"], "at most a year ahead"),
     (["--timeout=100000", "status"], "invalid --timeout=100000: it is out of range"),
+    # The platform's persistent handles: EvictControl as owner fails there, after DPS.
+    (["--identity-handle=0x81800001", "status"], "0x81000000 to 0x817fffff"),
     (["enroll", "--list=x.csv", "--endpoint=http://127.0.0.1:9"],
      "Invalid --endpoint=http://127.0.0.1:9: plain http:// is not accepted"),
 ])
@@ -75,3 +77,74 @@ def test_a_configuration_file_named_by_the_environment_that_is_missing_is_said(a
     res = run(agent, "status", env={"TPM_PROVISION_CONFIG": str(tmp_path / "tp.cnf")})
     assert res.returncode == 0
     assert "tp.cnf (TPM_PROVISION_CONFIG) does not exist" in res.stderr, res.stderr
+
+
+# -- TPM state another tool left: refused before it costs a dictionary-attack count ----------
+
+def lockout_counter(tpm):
+    from tpmcheck import variable_property
+    return variable_property(tpm, "TPM2_PT_LOCKOUT_COUNTER")
+
+
+def test_b01_someone_elses_srk_without_noda_is_refused_before_any_use(tpm_no_ek, agent_for,
+                                                                        tmp_path):
+    """Field case B01's kind: another tool persisted its own storage key with a password and
+    tpm2-tools' default attributes (no noDA) at the SRK handle. Every registration would use
+    it with the empty password and each failure would count towards lockout: `own` and
+    `register` refuse it at once (exit 2), and the counter does not move."""
+    tpm = tpm_no_ek
+    agent = agent_for(tpm)
+    ctx = str(tmp_path / "theirs.ctx")
+    tpm.tpm2("createprimary", "-C", "o", "-G", "rsa2048:aes128cfb", "-p", "their-secret",
+             "-c", ctx)
+    tpm.tpm2("evictcontrol", "-C", "o", "-c", ctx, "0x81000001")
+    tpm.tpm2("flushcontext", "-t")
+    before = lockout_counter(tpm)
+    env = {"TPM_PROVISION_CONFIG": os.devnull, "TPM_PROVISION_CMDLINE": os.devnull,
+           "RUNTIME_DIRECTORY": str(tmp_path / "run"), "TPM_PROVISION_ID_SCOPE": "0ne00000001",
+           "TPM_PROVISION_ENDPOINT": "https://127.0.0.1:9"}
+
+    for args in (["own"], ["register"], ["register"]):
+        res = agent.run(*args, env=env)
+        assert res.returncode == EXIT_USAGE, res.stderr
+        assert "lacks noDA" in res.stderr and "--srk-handle" in res.stderr, res.stderr
+        assert "127.0.0.1" not in res.stderr   # no request was tried
+    assert lockout_counter(tpm) == before
+
+
+def test_b21_an_ek_certificate_index_with_a_password_and_no_no_da_costs_no_count(tpm, agent_for):
+    """Field case B21's kind: the EK certificate index is someone else's, with a password and
+    without NO_DA. Reading it with its own (empty) authorization would count towards lockout
+    at every `ek`: the agent does not try; the export still works."""
+    agent = agent_for(tpm)
+    tpm.tpm2("nvundefine", "-C", "p", "0x01c00002")
+    tpm.tpm2("nvdefine", "0x01c00002", "-C", "o", "-s", "64", "-p", "idx-secret",
+             "-a", "ownerwrite|authread|authwrite")
+    before = lockout_counter(tpm)
+
+    for _ in range(4):
+        out = agent.json("ek")
+        assert out["ekCertificate"]["present"] is True
+        assert out["ekCertificate"]["readable"] is False
+        assert out["registrationId"]
+    assert lockout_counter(tpm) == before
+
+
+def test_b06_a_storage_key_at_the_ek_handle_is_not_exported_as_the_ek(tpm_no_ek, agent_for,
+                                                                       tmp_path):
+    """Field case B06's kind: someone persisted an owner storage key (no EK policy) at
+    0x81010001. Exported, it would be enrolled as this TPM's EK next to the real EK
+    certificate: `ek` and `own` refuse it (exit 2) and name the handle."""
+    tpm = tpm_no_ek
+    agent = agent_for(tpm)
+    ctx = str(tmp_path / "srk.ctx")
+    tpm.tpm2("createprimary", "-C", "o", "-G", "rsa2048:aes128cfb", "-c", ctx)
+    tpm.tpm2("evictcontrol", "-C", "o", "-c", ctx, "0x81010001")
+    tpm.tpm2("flushcontext", "-t")
+
+    for args in (["ek", "--json"], ["own"]):
+        res = agent.run(*args, env={"TPM_PROVISION_CONFIG": os.devnull,
+                                    "RUNTIME_DIRECTORY": str(tmp_path / "run")})
+        assert res.returncode == EXIT_USAGE, res.stderr
+        assert "0x81010001" in res.stderr and "no EK policy" in res.stderr, res.stderr
+        assert res.stdout == ""

@@ -588,3 +588,59 @@ def test_ek_append_refuses_a_list_holding_a_row_it_cannot_read(tpm, tmp_path):
     listing.write_text(HEADER + "\n")
     agent.run("ek", "--serial=NEW-1", "--append=%s" % listing, check=0)
     assert listing.read_text().count("\n") == 2
+
+
+def test_a_list_ek_append_refuses_keeps_its_last_row(tpm, tmp_path):
+    """A list whose last newline was dropped (a hand edit), given to `ek --append` with the
+    wrong format: refused (exit 2) and left exactly as it was; the cut of a half row
+    happens only in a list that takes the new row."""
+    agent = Agent(tpm.tcti, str(tmp_path))
+    listing = tmp_path / "line.csv"
+    whole = ",".join(row_for(synthetic_eks(read_public(tpm, EK, str(tmp_path)), 1)[0], "OLD-1"))
+    text = HEADER + "\n" + whole
+    listing.write_text(text)
+
+    res = agent.run("ek", "--json", "--serial=NEW-1", "--append=%s" % listing)
+
+    assert res.returncode == EXIT_USAGE and "is in CSV, not JSON lines" in res.stderr, res.stderr
+    assert listing.read_text() == text
+
+
+def test_b06_a_previous_batch_with_a_half_row_is_refused_not_half_compared(tpm, tmp_path):
+    """Field case B06: the earlier batch's last row lost its newline. Its device would not be
+    compared against, so a stale EK could pass: `ek --previous` and `enroll --previous`
+    refuse it (exit 2) and name the line."""
+    agent = Agent(tpm.tcti, str(tmp_path))
+    batch_a, batch_b = tmp_path / "a.csv", tmp_path / "b.csv"
+    agent.run("ek", "--csv", "--serial=A-0001", "--append=%s" % batch_a, check=0)
+    batch_a.write_text(batch_a.read_text().rstrip("\n"))
+
+    res = agent.run("ek", "--csv", "--serial=B-0001", "--append=%s" % batch_b,
+                    "--previous=%s" % batch_a)
+    assert res.returncode == EXIT_USAGE and "a.csv:2: a half row" in res.stderr, res.stderr
+    assert not batch_b.exists()
+    batch_b.write_text(HEADER + "\n")
+    res = agent.run("enroll", "--list=%s" % batch_b, "--previous=%s" % batch_a, "--dry-run")
+    assert res.returncode == EXIT_USAGE and "a.csv:2: a half row" in res.stderr, res.stderr
+
+
+def test_enroll_refuses_results_written_into_a_list_and_lists_that_are_not_files(tpm, tmp_path):
+    """--results= naming the list itself would append results into it and spoil every later
+    run; a FIFO or a directory given as a list is not a list. Each: exit 2, nothing changed,
+    and a FIFO does not hang the line."""
+    agent = Agent(tpm.tcti, str(tmp_path))
+    listing = tmp_path / "batch.jsonl"
+    agent.run("ek", "--json", "--serial=S-1", "--append=%s" % listing, check=0)
+    text = listing.read_text()
+
+    res = agent.run("enroll", "--list=%s" % listing, "--results=%s" % listing, "--dry-run")
+    assert res.returncode == EXIT_USAGE and "is the list" in res.stderr, res.stderr
+    assert listing.read_text() == text
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    res = agent.run("enroll", "--list=%s" % fifo, "--dry-run", timeout=20)
+    assert res.returncode == EXIT_USAGE and "not a regular file" in res.stderr, res.stderr
+    res = agent.run("enroll", "--list=%s" % tmp_path, "--dry-run")
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "No such file" not in res.stderr, res.stderr

@@ -1011,3 +1011,29 @@ def test_an_assignment_naming_what_iot_hub_never_gives_changes_nothing(dev, faul
 
     d.run("register", check=0)
     assert d.hub_check() == 200
+
+
+def test_dps_text_cannot_forge_a_log_line(dev):
+    """An impostor's errorMessage with a newline and a priority prefix: on stderr (the
+    journal, under systemd) it stays inside the agent's one line and cannot pass for a
+    message of the agent's own, such as "Provisioned"."""
+    d, emu = dev, dev.emu
+    emu.set_fault("assign_failed", count=1, error_code="400209",
+                  error_message="nope\n<5>Provisioned: hub evil.azure-devices.net, device x.")
+
+    res = d.run("register", check=6)
+
+    assert not [l for l in res.stderr.splitlines() if l.startswith("<5>Provisioned")], res.stderr
+    assert "nope?<5>Provisioned: hub evil" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("emulator", [{"args": ["--field6-bytes", "2600"]}], indirect=True,
+                         ids=["field6-2600"])
+def test_a_challenge_with_a_large_field_6_is_taken(dev):
+    """The authenticationKey's field 6 (data the device ignores, up to 65535 bytes in the
+    blob format) of 2600 bytes makes the key's text longer than 4 KiB: still a challenge,
+    not "malformed JSON" asked for again until the deadline."""
+    d = dev
+    res = d.run("register", check=0)
+    assert "not the JSON it should be" not in res.stderr
+    assert d.hub_check() == 200

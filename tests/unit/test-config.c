@@ -325,13 +325,15 @@ static void test_bad_numbers_and_ranges(void **state) {
     static const struct {
         const char *line, *range;
     } bad[] = {
-        {"[TPM]\nEKHandle=0x80ffffff", "0x81000000 to 0x81ffffff"},
-        {"[TPM]\nEKHandle=0x82000000", "0x81000000 to 0x81ffffff"},
-        {"[TPM]\nSRKHandle=abc", "0x81000000 to 0x81ffffff"},
-        {"[TPM]\nSRKHandle=-1", "0x81000000 to 0x81ffffff"},
-        {"[TPM]\nIdentityHandle=0x1ffffffff", "0x81000000 to 0x81ffffff"},
-        {"[TPM]\nIdentityHandle=0x", "0x81000000 to 0x81ffffff"},
-        {"[TPM]\nEKHandle=0x81010001x", "0x81000000 to 0x81ffffff"},
+        {"[TPM]\nEKHandle=0x80ffffff", "0x81000000 to 0x817fffff"},
+        {"[TPM]\nEKHandle=0x82000000", "0x81000000 to 0x817fffff"},
+        {"[TPM]\nSRKHandle=abc", "0x81000000 to 0x817fffff"},
+        {"[TPM]\nSRKHandle=-1", "0x81000000 to 0x817fffff"},
+        {"[TPM]\nIdentityHandle=0x1ffffffff", "0x81000000 to 0x817fffff"},
+        {"[TPM]\nIdentityHandle=0x", "0x81000000 to 0x817fffff"},
+        /* The platform's persistent range: the owner cannot persist there. */
+        {"[TPM]\nIdentityHandle=0x81800001", "0x81000000 to 0x817fffff"},
+        {"[TPM]\nEKHandle=0x81010001x", "0x81000000 to 0x817fffff"},
         {"[TPM]\nStateIndex=0x01c00002", "0x01000000 to 0x01bfffff"},
         {"[TPM]\nStateIndex=0x00ffffff", "0x01000000 to 0x01bfffff"},
         {"[Provisioning]\nRequestTimeoutSec=0", "from 1 to 600"},
@@ -364,13 +366,13 @@ static void test_number_bounds_accepted(void **state) {
     (void)state;
 
     assert_int_equal(config_init(&c), 0);
-    assert_int_equal(load_text(&c, "[TPM]\nEKHandle=0x81000000\nSRKHandle=0x81ffffff\n"
+    assert_int_equal(load_text(&c, "[TPM]\nEKHandle=0x81000000\nSRKHandle=0x817fffff\n"
                                    "StateIndex=0x01000000\n"
                                    "[Provisioning]\nRequestTimeoutSec=600s\nTimeoutSec=0\n"
                                    "SasTokenLifetimeSec=60 sec\n"),
                      0);
     assert_int_equal(c.ek_handle, 0x81000000);
-    assert_int_equal(c.srk_handle, 0x81ffffff);
+    assert_int_equal(c.srk_handle, 0x817fffff);
     assert_int_equal(c.state_index, 0x01000000);
     assert_int_equal(c.request_timeout_sec, 600);
     assert_int_equal(c.deadline_sec, 0);
