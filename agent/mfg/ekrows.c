@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 #include "ekrows.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,26 +80,48 @@ struct csv_header {
     size_t n;
 };
 
-/* Why a CSV header without an endorsementKey column is wrong: a column spelled in another
- * case names the one it means, otherwise the columns are listed. */
-static const char *header_hint(const char *line, size_t len) {
-    static char why[256];
-    const char *p = line, *end = line + len;
+/* Edits (insert, delete, change; case ignored) from a[0..na) to b, up to 31 characters each. */
+static size_t edit_distance(const char *a, size_t na, const char *b) {
+    size_t nb = strlen(b), row[32];
 
-    for (;;) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        size_t n = (size_t)((comma ? comma : end) - p);
-        for (size_t i = 0; i < N_COLUMNS; i++)
-            if (strlen(columns[i]) == n && strncasecmp(columns[i], p, n) == 0 &&
-                memcmp(columns[i], p, n) != 0) {
-                snprintf(why, sizeof(why), "the CSV header has no endorsementKey column (column "
-                         "names are case-sensitive: '%.*s' must be '%s')", (int)n, p, columns[i]);
-                return why;
-            }
-        if (!comma)
-            break;
-        p = comma + 1;
+    if (na > 31 || nb > 31)
+        return SIZE_MAX;
+    for (size_t j = 0; j <= nb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= na; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= nb; j++) {
+            size_t up = row[j];
+            size_t change = diag + (tolower((unsigned char)a[i - 1]) !=
+                                    tolower((unsigned char)b[j - 1]));
+            size_t best = up + 1 < row[j - 1] + 1 ? up + 1 : row[j - 1] + 1;
+            row[j] = change < best ? change : best;
+            diag = up;
+        }
     }
+    return row[nb];
+}
+
+/* A column this program would ignore that is one of its own misspelt: the CSV's values in it
+ * would be dropped without a word (a registration ID, say). */
+static const char *misspelt_column(const char *p, size_t n) {
+    static char why[160];
+
+    for (size_t i = 0; i < N_COLUMNS; i++)
+        if (edit_distance(p, n, columns[i]) <= 2) {
+            snprintf(why, sizeof(why), "the CSV header's column '%.*s' is not one this program "
+                     "reads; did you mean '%s'? (Names are case-sensitive.)", (int)n, p,
+                     columns[i]);
+            return why;
+        }
+    return NULL;
+}
+
+/* Why a CSV header without an endorsementKey column is wrong: the columns it could have. */
+static const char *header_hint(void) {
+    static char why[256];
+
     snprintf(why, sizeof(why), "the CSV header has no endorsementKey column (the columns "
              "'tpm-provision ek' writes are %.*s)", (int)strlen(ekrows_csv_header) - 1,
              ekrows_csv_header);
@@ -123,6 +147,8 @@ static int csv_header_parse(const char *line, size_t len, struct csv_header *h,
             *ret_why = "a column appears twice in the CSV header";
             return -EBADMSG;
         }
+        if (i < 0 && (*ret_why = misspelt_column(p, (size_t)(stop - p))))
+            return -EBADMSG;
         if (i >= 0)
             seen[i] = true;
         h->col[h->n++] = i;
@@ -131,7 +157,7 @@ static int csv_header_parse(const char *line, size_t len, struct csv_header *h,
         p = comma + 1;
     }
     if (!seen[COL_EK]) {
-        *ret_why = header_hint(line, len);
+        *ret_why = header_hint();
         return -EBADMSG;
     }
     return 0;

@@ -562,7 +562,13 @@ def test_list_files_that_cannot_be_used_are_input_errors_exit_2(tpm, tmp_path):
     typo.write_text("registrationId,endorsementkey,deviceSerial\nx,%s,S-0\n" % ek64)
     res = agent.run("enroll", "--list=%s" % typo, "--dry-run")
     assert res.returncode == EXIT_USAGE, res.stderr
-    assert "'endorsementkey' must be 'endorsementKey'" in res.stderr, res.stderr
+    assert "column 'endorsementkey' is not one this program reads; did you mean " \
+        "'endorsementKey'?" in res.stderr, res.stderr
+    # A misspelt column that is not the EK's would drop its values without a word.
+    typo.write_text("registratonId,endorsementKey,deviceSerial\ncustom-01,%s,S-0\n" % ek64)
+    res = agent.run("enroll", "--list=%s" % typo, "--dry-run")
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "did you mean 'registrationId'?" in res.stderr, res.stderr
     other = tmp_path / "other.csv"
     other.write_text("id,key\nx,%s\n" % ek64)
     res = agent.run("ek", "--serial=S-1", "--append=%s" % other)

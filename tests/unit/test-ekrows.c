@@ -123,6 +123,34 @@ static void test_list_level_refusals(void **state) {
     }
 }
 
+/* A misspelt column would be ignored like a column of the line's own, its values dropped:
+ * within two edits of one this program reads (case aside), it is refused and named. */
+static void test_misspelt_csv_columns_are_named(void **state) {
+    static const struct {
+        const char *text, *why;
+    } cases[] = {
+        {"registratonId,endorsementKey\n", "'registratonId' is not one this program reads; did "
+                                           "you mean 'registrationId'?"},
+        {"endorsementkey,deviceSerial\n", "did you mean 'endorsementKey'?"},
+        {"endorsementKey,devcieSerial\n", "did you mean 'deviceSerial'?"},
+        {"endorsementKey,Time\n", "did you mean 'time'?"},
+        {"id,key\n", "the columns 'tpm-provision ek' writes are registrationId,endorsementKey,"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct ekrows l;
+        const char *why = NULL;
+        assert_int_equal(ekrows_parse(cases[i].text, strlen(cases[i].text), &l, &why), -EBADMSG);
+        assert_non_null(strstr(why, cases[i].why));
+    }
+    /* The line's own columns, far from any of these, stay allowed and ignored. */
+    struct ekrows l;
+    const char *why = NULL;
+    assert_int_equal(ekrows_parse("endorsementKey,stationId,operator\n", 34, &l, &why), 0);
+    ekrows_done(&l);
+}
+
 static void test_csv_row_refusals(void **state) {
     struct ekrows l = parse_ok(HEADER EK_ID "," EK_B64 ",,,SN-1\n"
                                "\"" EK_ID "\"," EK_B64 ",,,SN-1,\n"
@@ -252,6 +280,7 @@ int main(void) {
         cmocka_unit_test(test_json_lines_and_ek_list),
         cmocka_unit_test(test_half_row_at_the_end_is_left_out),
         cmocka_unit_test(test_list_level_refusals),
+        cmocka_unit_test(test_misspelt_csv_columns_are_named),
         cmocka_unit_test(test_csv_row_refusals),
         cmocka_unit_test(test_b04_structure_dump_refused_with_the_reason),
         cmocka_unit_test(test_b05_registration_id_rules),
