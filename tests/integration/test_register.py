@@ -470,10 +470,10 @@ def test_b23_operation_status_it_does_not_know_is_asked_again_with_backoff_not_a
     # The body is still DPS's JSON: a wrong Content-Type alone is no reason to fail.
     ("wrong_content_type", "get", ()),
     ("truncated_json", "put_auth", ("not the JSON", "sending it again")),
-    ("truncated_json", "get", ("not valid JSON",)),
+    ("truncated_json", "get", ("operation status is not the JSON it should be",)),
     # A 401 that is not JSON at all says nothing about the enrollment (not exit 6).
-    ("malformed_json", "put_challenge", ("challenge is not valid JSON",)),
-    ("truncated_json", "put_challenge", ("challenge is not valid JSON",)),
+    ("malformed_json", "put_challenge", ("challenge is not the JSON it should be",)),
+    ("truncated_json", "put_challenge", ("challenge is not the JSON it should be",)),
     ("drop", "put_challenge", ("PUT register",)),
 ])
 def test_hostile_answer_once_is_survived_and_named(device, fault, on, words):
