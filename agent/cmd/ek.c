@@ -138,14 +138,10 @@ static int load_previous(const struct options *o, struct ekrows *lists) {
     for (size_t i = 0; i < o->n_previous; i++) {
         size_t bad = 0;
         int r = listfile_load(o->previous[i], &lists[i]);
+        if (r >= 0)
+            r = listfile_require_whole(o->previous[i], &lists[i]);
         if (r < 0)
             return r;
-        /* A half row's device would not be compared against: say so rather than miss it. */
-        if (lists[i].torn)
-            return log_error_errno(EINVAL, "%s:%u: a half row without a newline (an interrupted "
-                                   "write?); the device on it would not be compared against. "
-                                   "Check it, then delete the line or end it with a newline.",
-                                   o->previous[i], lists[i].torn_line);
         for (size_t j = 0; j < lists[i].n_rows; j++)
             bad += lists[i].rows[j].error != NULL;
         if (bad)

@@ -836,13 +836,10 @@ static int load_lists(struct job *j) {
     for (size_t i = 0; i < j->n_lists; i++) {
         j->names[i] = i < o->n_previous ? o->previous[i] : o->lists[i - o->n_previous];
         int r = listfile_load(j->names[i], &j->lists[i]);
+        if (r >= 0 && i < o->n_previous)
+            r = listfile_require_whole(j->names[i], &j->lists[i]);
         if (r < 0)
             return r;
-        if (i < o->n_previous && j->lists[i].torn)
-            return log_error_errno(EINVAL, "%s:%u: a half row without a newline (an interrupted "
-                                   "write?); the device on it would not be compared against. "
-                                   "Check it, then delete the line or end it with a newline.",
-                                   j->names[i], j->lists[i].torn_line);
     }
     /* Results appended to a list would turn it into something no later run can read. */
     struct stat rs, ls;

@@ -99,6 +99,14 @@ int listfile_load(const char *path, struct ekrows *ret) {
     return 0;
 }
 
+int listfile_require_whole(const char *path, const struct ekrows *l) {
+    if (!l->torn)
+        return 0;
+    return log_error_errno(EINVAL, "%s:%u: a half row without a newline (an interrupted write?); "
+                           "the device on it would not be compared against. Check it, then "
+                           "delete the line or end it with a newline.", path, l->torn_line);
+}
+
 static enum ekrows_format format_from_name(const char *path) {
     const char *dot = strrchr(path, '.');
 

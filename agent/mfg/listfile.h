@@ -17,6 +17,10 @@
  */
 int listfile_load(const char *path, struct ekrows *ret);
 
+/* For a list compared against (--previous): a half row at its end is refused, since the device
+ * on it would go uncompared. -EINVAL, logged, naming the line. */
+int listfile_require_whole(const char *path, const struct ekrows *l);
+
 /* What listfile_append() found when the row was not added. */
 struct listfile_conflict {
     const struct ekrow *row; /* the row that is there already (in the list or in a batch) */
