@@ -56,6 +56,12 @@ static int open_failed(const char *path) {
     return path_error(error);
 }
 
+static int read_failed(const char *path, int r) {
+    if (r == -EINVAL) /* read_all takes regular files only */
+        return log_error_errno(EINVAL, "The list %s is not a regular file.", secret_shown(path));
+    return log_error_errno(r, "Cannot read the list %s: %m", secret_shown(path));
+}
+
 /* A list whose text does not parse is input to fix, like a bad option: exit 2. */
 static int parse_logged(const char *path, const char *data, size_t len, struct ekrows *ret) {
     const char *why = NULL;
@@ -84,10 +90,8 @@ int listfile_load(const char *path, struct ekrows *ret) {
     if (flock(fd, LOCK_SH) < 0)
         return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
     r = read_all(fd, &data, &len);
-    if (r == -EINVAL)
-        return log_error_errno(EINVAL, "The list %s is not a regular file.", secret_shown(path));
     if (r < 0)
-        return log_error_errno(r, "Cannot read the list %s: %m", secret_shown(path));
+        return read_failed(path, r);
     r = parse_logged(path, data, len, ret);
     if (r < 0)
         return r;
@@ -204,10 +208,8 @@ int listfile_append(const char *path, enum ekrows_format format, const struct ek
     if (flock(fd, LOCK_EX) < 0)
         return log_error_errno(errno, "Cannot lock the list %s: %m", secret_shown(path));
     r = read_all(fd, &data, &len);
-    if (r == -EINVAL)
-        return log_error_errno(EINVAL, "The list %s is not a regular file.", secret_shown(path));
     if (r < 0)
-        return log_error_errno(r, "Cannot read the list %s: %m", secret_shown(path));
+        return read_failed(path, r);
     r = parse_logged(path, data, len, ret_list);
     if (r < 0)
         return r;
