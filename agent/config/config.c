@@ -95,14 +95,13 @@ static const struct key keys[] = {
             86400),
 
     TEXT_KEY("TPM", "TCTI", "tcti", "TPM_PROVISION_TCTI", VALUE_TEXT, tcti, NULL),
-    /* Owner persistent handles: 0x81800000 and up belong to the platform, where EvictControl
-     * under TPM_RH_OWNER fails (TCG Registry of Reserved TPM 2.0 Handles, 2.3.2). */
-    NUM_KEY("TPM", "EKHandle", NULL, VALUE_HANDLE, ek_handle, EK_DEFAULT_HANDLE, 0x81000000,
-            0x817fffff),
-    NUM_KEY("TPM", "SRKHandle", NULL, VALUE_HANDLE, srk_handle, SRK_DEFAULT_HANDLE, 0x81000000,
-            0x817fffff),
+    NUM_KEY("TPM", "EKHandle", NULL, VALUE_HANDLE, ek_handle, EK_DEFAULT_HANDLE,
+            CONFIG_OWNER_PERSISTENT_MIN, CONFIG_OWNER_PERSISTENT_MAX),
+    NUM_KEY("TPM", "SRKHandle", NULL, VALUE_HANDLE, srk_handle, SRK_DEFAULT_HANDLE,
+            CONFIG_OWNER_PERSISTENT_MIN, CONFIG_OWNER_PERSISTENT_MAX),
     NUM_KEY("TPM", "IdentityHandle", NULL, VALUE_HANDLE, identity_handle,
-            CONFIG_DEFAULT_IDENTITY_HANDLE, 0x81000000, 0x817fffff),
+            CONFIG_DEFAULT_IDENTITY_HANDLE, CONFIG_OWNER_PERSISTENT_MIN,
+            CONFIG_OWNER_PERSISTENT_MAX),
     /* Owner-defined NV index range; 0x01c00000 and up belong to the TPM and platform makers
      * (TCG Registry of Reserved TPM 2.0 Handles and Localities, 2.2). */
     NUM_KEY("TPM", "StateIndex", NULL, VALUE_HANDLE, state_index, NVSTATE_DEFAULT_INDEX, 0x01000000,

@@ -35,6 +35,11 @@
  * Each field with its key. "cmdline" is the kernel command line form tpm_provision.KEY=, "env"
  * the environment variable; keys without either are set in files only.
  */
+/* The owner's persistent handles; 0x81800000 and up belong to the platform, where EvictControl
+ * under TPM_RH_OWNER fails (TCG Registry of Reserved TPM 2.0 Handles, 2.3.2). */
+#define CONFIG_OWNER_PERSISTENT_MIN 0x81000000u
+#define CONFIG_OWNER_PERSISTENT_MAX 0x817fffffu
+
 struct config {
     /* [Provisioning] */
     char *id_scope;               /* IdScope=; cmdline id_scope, env TPM_PROVISION_ID_SCOPE */
