@@ -171,7 +171,7 @@ static const char *check_id_scope(const char *v) {
 
 /* TLS is never optional, and the agent appends the DPS paths itself, so anything after the
  * authority would either be dropped silently or produce a wrong URL. */
-static const char *check_endpoint(const char *v) {
+const char *config_check_endpoint(const char *v) {
     const char *host = v + strlen("https://");
     size_t n;
 
@@ -188,10 +188,6 @@ static const char *check_endpoint(const char *v) {
         if (strchr("/?#@\\ ", host[i]))
             return "only a host name and port may follow https://, no path, query or user name";
     return NULL;
-}
-
-const char *config_check_endpoint(const char *url) {
-    return check_endpoint(url);
 }
 
 int config_check_handles(const struct config *c) {
@@ -346,7 +342,7 @@ static int key_parse(struct config *c, const struct key *k, const char *v, const
 
     switch (k->type) {
     case VALUE_ID_SCOPE: why = check_id_scope(v); break;
-    case VALUE_ENDPOINT: why = check_endpoint(v); break;
+    case VALUE_ENDPOINT: why = config_check_endpoint(v); break;
     case VALUE_PATH: why = v[0] != '/' ? "it is not an absolute path" : NULL; break;
     case VALUE_API_VERSION: why = check_api_version(v); break;
     case VALUE_PROXY: why = config_check_proxy(v); break;
@@ -915,7 +911,7 @@ int config_check_for_registration(const struct config *c) {
         r = log_error_errno(
             EINVAL, "No global endpoint configured: set GlobalEndpoint=, or leave it out for %s.",
             CONFIG_DEFAULT_ENDPOINT);
-    else if ((why = check_endpoint(c->endpoint)))
+    else if ((why = config_check_endpoint(c->endpoint)))
         r = log_error_errno(EINVAL,
                             "Global endpoint '%s' is not valid: %s; expected https://HOST[:PORT].",
                             c->endpoint, why);
