@@ -341,16 +341,15 @@ int main(int argc, char *argv[]) {
             only_for = "--expiry";
             only_cmd = "sas";
             if (optarg[0] == '@') {
-                /* No further ahead than a relative lifetime may go: a token that lives for
-                 * centuries is a key handed out. */
+                int64_t latest = (int64_t)time(NULL) + SAS_LIFETIME_MAX_SEC;
                 r = parse_seconds(optarg + 1, "--expiry", INT64_MAX / 2, &o.expiry);
-                if (r == 0 && o.expiry > (int64_t)time(NULL) + 365 * 24 * 3600)
+                if (r == 0 && o.expiry > latest)
                     r = log_error_errno(EINVAL, "Invalid --expiry '%s': at most a year ahead "
                                         "(%lld), as a lifetime in seconds is.", optarg,
-                                        (long long)time(NULL) + 365 * 24 * 3600);
+                                        (long long)latest);
                 o.expiry = -o.expiry;
             } else
-                r = parse_seconds(optarg, "--expiry", 365 * 24 * 3600, &o.expiry);
+                r = parse_seconds(optarg, "--expiry", SAS_LIFETIME_MAX_SEC, &o.expiry);
             if (r == 0 && o.expiry >= 0 && o.expiry < SAS_LIFETIME_MIN_SEC)
                 r = log_error_errno(EINVAL, "Invalid --expiry '%s': a token must live at least "
                                     "%d s (or give @UNIXTIME).", optarg, SAS_LIFETIME_MIN_SEC);

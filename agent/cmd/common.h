@@ -45,6 +45,9 @@ struct options {
 #define RUNTIME_DIR_DEFAULT "/run/tpm-provision"
 /* The shortest SAS token lifetime sas signs, as SasTokenLifetimeSec= allows. */
 #define SAS_LIFETIME_MIN_SEC 60
+/* The longest, given as seconds or as @UNIXTIME: a token that lives for years is a key handed
+ * out. */
+#define SAS_LIFETIME_MAX_SEC (365 * 24 * 3600)
 
 /* Opens the TPM named by the options and loads the hierarchy authorizations. */
 int cmd_open_tpm(const struct options *o, struct tpm **ret_tpm, struct hierarchy_auths *ret_auths);
