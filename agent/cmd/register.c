@@ -120,8 +120,9 @@ static int wait_before_retry(struct registration *g, const struct http_response 
         delay_ms = dps_backoff_ms(g->attempt, BACKOFF_BASE_MS, BACKOFF_CAP_MS, rnd);
     g->attempt++;
 
-    if (g->deadline_ms && now_ms() + delay_ms > g->deadline_ms) {
-        if (now_ms() + floor_ms > g->deadline_ms || floor_ms == 0)
+    uint64_t now = now_ms();
+    if (g->deadline_ms && now + delay_ms > g->deadline_ms) {
+        if (floor_ms == 0 || now + floor_ms > g->deadline_ms)
             return log_error_errno(ETIMEDOUT, "%s; the registration deadline (TimeoutSec=%u) "
                                    "would pass before the next attempt. Giving up for now.", why,
                                    g->cfg->deadline_sec);
@@ -530,7 +531,9 @@ static int identity_slot(struct registration *g, const struct record *rec,
     return 0;
 }
 
-/* Untrusted text for a log line: printable ASCII, anything else as '?', cut to size. */
+/* Untrusted text for a log line: printable ASCII, anything else as '?', cut to size. The log
+ * turns control characters into '?' for every message already; this also keeps a hostile
+ * answer's other bytes (UTF-8 look-alikes of a hub name, say) out of the line. */
 static void printable(const char *in, char *out, size_t size) {
     size_t i = 0;
 
