@@ -157,6 +157,14 @@ static int parse_cert(struct ek_cert *c, uint8_t *data, size_t len) {
     return 0;
 }
 
+/* Why a maker's index was not read: nv_read_all's -EPERM sent no command, so the TPM's last
+ * answer would say nothing. */
+static const char *maker_index_error(struct tpm *t, int r) {
+    return r == -EPERM ? "it has no NO_DA, so its own authorization could count towards "
+                         "dictionary-attack lockout; give --owner-auth= if the owner may read it"
+                       : tpm_last_error(t);
+}
+
 /* Reads one of the TPM maker's indices (EK certificate, template, nonce): with its own
  * authorization, and when the index does not allow that (no AUTHREAD, or the platform refused
  * its own authorization) with the owner's, but only when OWNERREAD allows it and the value is
@@ -166,19 +174,17 @@ static int parse_cert(struct ek_cert *c, uint8_t *data, size_t len) {
  * -ENOENT when the index is not defined. */
 static int nv_read_maker_index(struct tpm *t, const struct hierarchy_auths *a, TPM2_HANDLE index,
                                uint8_t **ret, size_t *ret_len) {
-    bool owner_can = false;
     TPMA_NV attrs = 0;
     int r;
 
     r = nv_read_all(t, index, ESYS_TR_NONE, ret, ret_len, &attrs);
     if (r >= 0 || r == -ENOENT || r == -ENODATA || !tpm_rc_from_tpm(t->last_rc))
         return r;
-    owner_can = (attrs & TPMA_NV_OWNERREAD) &&
-                (a->auth[HIERARCHY_OWNER].supplied || !hierarchy_auth_is_set(t, HIERARCHY_OWNER));
-    if (!owner_can)
+    if (!(attrs & TPMA_NV_OWNERREAD) ||
+        !(a->auth[HIERARCHY_OWNER].supplied || !hierarchy_auth_is_set(t, HIERARCHY_OWNER)))
         return r;
-    log_debug("Reading NV index 0x%08x with its own authorization failed (%s); trying owner "
-              "authorization.", index, tpm_last_error(t));
+    log_debug("NV index 0x%08x not read with its own authorization (%s); trying owner "
+              "authorization.", index, maker_index_error(t, r));
     return nv_read_all(t, index, ESYS_TR_RH_OWNER, ret, ret_len, NULL);
 }
 
@@ -196,10 +202,7 @@ int ek_cert_read(struct tpm *t, const struct hierarchy_auths *a, struct ek_cert 
     ret->present = true;
     if (r < 0) {
         snprintf(ret->why_unreadable, sizeof(ret->why_unreadable), "%s",
-                 r == -ENODATA ? "index defined but never written"
-                 : r == -EPERM ? "not read: without NO_DA, its own authorization could count "
-                                 "towards dictionary-attack lockout, and the owner's is not at hand"
-                               : tpm_last_error(t));
+                 r == -ENODATA ? "index defined but never written" : maker_index_error(t, r));
         return 0;
     }
     if (parse_cert(ret, data, len) < 0) {
@@ -236,12 +239,6 @@ int ek_cert_matches(const struct ek_cert *c, const TPM2B_PUBLIC *pub) {
     BN_free(n);
     X509_free(x);
     return r;
-}
-
-static const char *maker_index_error(struct tpm *t, int r) {
-    return r == -EPERM ? "it has no NO_DA, so its own authorization could count towards "
-                         "dictionary-attack lockout; give --owner-auth= if the owner may read it"
-                       : tpm_last_error(t);
 }
 
 /* The TPM maker's EK template and nonce in NV override the default (EK Credential Profile
