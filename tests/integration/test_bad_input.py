@@ -81,9 +81,7 @@ def test_a_configuration_file_named_by_the_environment_that_is_missing_is_said(a
 
 # -- TPM state another tool left: refused before it costs a dictionary-attack count ----------
 
-def lockout_counter(tpm):
-    from tpmcheck import variable_property
-    return variable_property(tpm, "TPM2_PT_LOCKOUT_COUNTER")
+from tpmcheck import lockout_counter  # noqa: E402
 
 
 def test_b01_someone_elses_srk_without_noda_is_refused_before_any_use(tpm_no_ek, agent_for,

@@ -72,6 +72,11 @@ def variable_property(tpm, name):
     return int(m.group(1), 0)
 
 
+def lockout_counter(tpm):
+    """The dictionary-attack failure count (TPM2_PT_LOCKOUT_COUNTER)."""
+    return variable_property(tpm, "TPM2_PT_LOCKOUT_COUNTER")
+
+
 def assert_no_leftovers(tpm):
     """No transient object or session may outlive an agent process (field case B11)."""
     assert tpm.transient_handles() == [], "transient objects left in the TPM"
