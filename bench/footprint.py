@@ -11,6 +11,11 @@ module and once with the same module list less tpm-provision and `--omit tpm-pro
 initramfs-tools once with the hook and script and once without. When no cached root exists
 the initrd part is skipped and says so (run `make check-boot` once).
 
+Peak RSS is measured again for `register` and `enroll` with a libcurl that has only what DPS
+needs (bench/minimal-libcurl.sh, built once into build/bench/libcurl-minimal, or the one in
+BENCH_LIBCURL_DIR), loaded through LD_LIBRARY_PATH: what Debian's libcurl4 costs, apart from
+what the agent costs. Those runs are reported beside the target, not in it.
+
 Usage: bench/footprint.py. Writes build/bench/footprint.json (BENCH_OUT), prints its path.
 """
 import glob
@@ -119,15 +124,18 @@ class Rss:
         self.work = work
         self.n = 0
         self.rows = {}
+        self.minimal = {}
 
-    def timed(self, name, device, *args):
+    def timed(self, name, device, *args, rows=None, env=None):
         self.n += 1
         out = os.path.join(self.work, "time-%d" % self.n)
-        res = subprocess.run([TIME, "-f", "%M", "-o", out, b.AGENT, *args], env=device.env(),
+        res = subprocess.run([TIME, "-f", "%M", "-o", out, b.AGENT, *args],
+                             env=dict(device.env(), **(env or {})),
                              capture_output=True, text=True, timeout=600)
         with open(out) as f:
             kib = int(f.read().strip().splitlines()[-1])
-        row = self.rows.setdefault(name, {"args": list(args), "kib": [], "exit_codes": []})
+        rows = self.rows if rows is None else rows
+        row = rows.setdefault(name, {"args": list(args), "kib": [], "exit_codes": []})
         row["kib"].append(kib)
         row["exit_codes"].append(res.returncode)
         return res
@@ -181,19 +189,67 @@ class Rss:
             }
             for _ in range(RSS_RUNS):
                 self.timed("--help (the libraries loaded, nothing done)", dev, "--help")
+            self.minimal = self.with_minimal_libcurl(dev, emu, listing, cs)
             dev.tpm.stop()
         finally:
             emu.close()
-        for row in self.rows.values():
+        for row in list(self.rows.values()) + list(self.minimal.get("rss", {}).values()):
             row["max"] = max(row["kib"])
             row["median"] = b.stats(row["kib"])["median"]
         return self.rows
 
+    def with_minimal_libcurl(self, dev, emu, listing, cs):
+        """`register` and `enroll` again with a libcurl built for DPS alone."""
+        lib = minimal_libcurl()
+        if "skipped" in lib:
+            return lib
+        env = {"LD_LIBRARY_PATH": lib["dir"]}
+        rows = {}
+        for _ in range(RSS_RUNS):
+            dev.run("reset", "--yes")
+            self.timed("register (end to end)", dev, "register", rows=rows, env=env)
+            self.timed("enroll (1 row)", dev, "enroll", "--list=" + listing,
+                       "--connection-string-file=" + cs, "--endpoint=" + emu.url,
+                       "--ca-bundle=" + emu.ca, rows=rows, env=env)
+        dev.run("reset", "--yes")
+        lib["rss"] = rows
+        lib["breakdown"] = rss_breakdown(dev, ["register"], env=env, cc=b.CC["EvictControl"])
+        # The loader took this libcurl, not the system's: none of what only the system's
+        # libcurl needs is mapped.
+        system_only = ({x["file"] for x in ldd(library_path("libcurl.so.4"))} -
+                       {x["file"] for x in ldd(lib["libcurl"])})
+        stray = sorted(system_only & set(lib["breakdown"]["maps"]))
+        if stray:
+            raise RuntimeError("LD_LIBRARY_PATH=%s did not take: %s mapped" % (
+                lib["dir"], ", ".join(stray)))
+        return lib
+
+
+def minimal_libcurl():
+    """{dir, libcurl, needs} of the libcurl bench/minimal-libcurl.sh builds (once, kept in
+    build/bench/libcurl-minimal), or BENCH_LIBCURL_DIR's; {skipped: why} when it cannot be
+    had."""
+    where = os.environ.get("BENCH_LIBCURL_DIR")
+    if not where:
+        where = os.path.join(b.OUT_DIR, "libcurl-minimal")
+        if not os.path.exists(os.path.join(where, "lib", "libcurl.so.4")):
+            res = subprocess.run([os.path.join(b.ROOT, "bench", "minimal-libcurl.sh"), where],
+                                 capture_output=True, text=True, timeout=1800)
+            if res.returncode != 0:
+                return {"skipped": "bench/minimal-libcurl.sh failed: " +
+                        (res.stderr.strip().splitlines() or ["no output"])[-1]}
+    so = os.path.join(where, "lib", "libcurl.so.4")
+    if not os.path.exists(so):
+        return {"skipped": "%s is missing" % so}
+    return {"dir": os.path.dirname(so), "libcurl": os.path.realpath(so),
+            "needs": [x["name"] for x in ldd(so)]}
+
 
 def smaps_by_mapping(pid):
-    """Resident KiB per mapping of a live process: shared libraries and the binary by file
-    name, [heap], [stack], anonymous memory."""
-    out, name = {}, None
+    """Resident KiB per mapping of a live process (shared libraries and the binary by file
+    name, [heap], [stack], anonymous memory), and the KiB of those pages that no other process
+    maps (Private_Clean + Private_Dirty: what this process alone costs the machine)."""
+    out, private, name = {}, 0, None
     with open("/proc/%d/smaps" % pid) as f:
         for line in f:
             head = line.split()
@@ -202,26 +258,29 @@ def smaps_by_mapping(pid):
                 name = os.path.basename(path) if path.startswith("/") else path
             elif head and head[0] == "Rss:":
                 out[name] = out.get(name, 0) + int(head[1])
-    return out
+            elif head and head[0] in ("Private_Clean:", "Private_Dirty:"):
+                private += int(head[1])
+    return out, private
 
 
-def rss_breakdown(device, args, **pause_at):
+def rss_breakdown(device, args, env=None, **pause_at):
     """The agent held at a TPM command (tests/lib/tpmproxy.py's pause) while its smaps are
     read; then let go. Returns the KiB per mapping."""
     with b.TpmProxy(device.tpm, os.path.join(device.dir, "rss-proxy.sock")) as p:
         pause = p.pause("before", **pause_at)
-        proc = subprocess.Popen([b.AGENT, *args], env=device.env(p.tcti),
+        proc = subprocess.Popen([b.AGENT, *args], env=dict(device.env(p.tcti), **(env or {})),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             if not pause.wait(120):
                 raise RuntimeError("the agent never reached %r" % (pause_at,))
-            maps = smaps_by_mapping(proc.pid)
+            maps, private = smaps_by_mapping(proc.pid)
         finally:
             pause.release()
             proc.wait()
     libs = {k: v for k, v in maps.items() if ".so" in k}
     return {"at": {k: (b.cc_name(v) if k == "cc" else v) for k, v in pause_at.items()},
-            "total_kib": sum(maps.values()), "libraries_kib": sum(libs.values()),
+            "total_kib": sum(maps.values()), "private_kib": private,
+            "libraries_kib": sum(libs.values()),
             "binary_kib": maps.get(os.path.basename(b.AGENT), 0),
             "heap_kib": maps.get("[heap]", 0),
             "other_kib": sum(v for k, v in maps.items() if k not in libs and
@@ -408,7 +467,7 @@ def main():
     try:
         rss = Rss(work)
         out = {"binary": binary(), "rss": rss.run(), "rss_breakdown": rss.breakdown,
-               "machine": b.machine()}
+               "minimal_libcurl": rss.minimal, "machine": b.machine()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["initrd"] = initrds()
