@@ -16,6 +16,20 @@
 
 static int max_level = LOG_INFO;
 
+/* The <N> prefix is for journald (and syslog-style readers of a pipe). A person at a terminal
+ * reads the words instead, and only where the level matters. */
+static const char *level_prefix(int level, char buf[static 8]) {
+    static int terminal = -1;
+
+    if (terminal < 0)
+        terminal = isatty(STDERR_FILENO);
+    if (!terminal) {
+        snprintf(buf, 8, "<%d>", level);
+        return buf;
+    }
+    return level <= LOG_ERR ? "error: " : level == LOG_WARNING ? "warning: " : "";
+}
+
 void log_set_max_level(int level) {
     max_level = level;
 }
@@ -43,10 +57,12 @@ int log_internal(int level, int error, const char *func, const char *fmt, ...) {
         for (char *p = line; *p; p++)
             if ((unsigned char)*p < 0x20 || *p == 0x7f)
                 *p = '?';
+        char buf[8];
+        const char *prefix = level_prefix(level, buf);
         if (max_level >= LOG_DEBUG)
-            fprintf(stderr, "<%d>%s: %s\n", level, func, line);
+            fprintf(stderr, "%s%s: %s\n", prefix, func, line);
         else
-            fprintf(stderr, "<%d>%s\n", level, line);
+            fprintf(stderr, "%s%s\n", prefix, line);
     }
 
     errno = saved_errno;
