@@ -486,6 +486,9 @@ int main(int argc, char *argv[]) {
         setenv("TPM_PROVISION_CONFIG", v.config, 1);
     }
     r = config_init(&o.cfg);
+    /* A typo in IdScope= must not also stop the commands that show what the TPM holds. */
+    o.cfg.provisioning_unused = cmd->run == cmd_own || cmd->run == cmd_status ||
+                                cmd->run == cmd_ek || cmd->run == cmd_reset;
     if (r >= 0)
         r = config_load(&o.cfg);
     if (r >= 0)

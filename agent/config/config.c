@@ -297,6 +297,11 @@ const char *config_check_proxy(const char *url) {
                                           "socks5://", "socks5h://"};
     const char *host = NULL, *p, *end;
 
+    /* libcurl would take "http://proxy .example" and fail on every request as though the
+     * proxy were down; a URL never holds a space or a control character unencoded. */
+    for (p = url; *p; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+            return "it holds a space or a control character (encode one in a password as %20)";
     for (size_t i = 0; i < ARRAY_SIZE(schemes); i++)
         if (strncmp(url, schemes[i], strlen(schemes[i])) == 0)
             host = url + strlen(schemes[i]);
@@ -392,12 +397,20 @@ static int key_set(struct config *c, const struct key *k, const char *v, const c
     }
 
     describe_expected(k, expected, sizeof(expected));
+    /* A command that reads no [Provisioning] key is not stopped by a bad one: the key keeps the
+     * value it had, and register still refuses it. */
+    bool unused = c->provisioning_unused && strcmp(k->section, "Provisioning") == 0;
+    int level = unused ? LOG_WARNING : LOG_ERR;
+    const char *then = unused ? " This command does not use it, so it is ignored here." : "";
     /* Control characters would garble the log line, and a proxy URL may carry a password. */
     if (k->type == VALUE_PROXY || !shown)
-        return log_error_errno(EINVAL, "%s: invalid %s= (value not shown%s): %s; expected %s.",
-                               where, name, shown ? ", it may hold a password" : "", why, expected);
-    return log_error_errno(EINVAL, "%s: invalid %s=%s: %s; expected %s.", where, name, v, why,
-                           expected);
+        r = log_full_errno(level, EINVAL, "%s: invalid %s= (value not shown%s): %s; expected %s.%s",
+                           where, name, shown ? ", it may hold a password" : "", why, expected,
+                           then);
+    else
+        r = log_full_errno(level, EINVAL, "%s: invalid %s=%s: %s; expected %s.%s", where, name, v,
+                           why, expected, then);
+    return unused ? 0 : r;
 }
 
 static const struct key *key_find(const char *section, const char *name, bool ignore_case) {

@@ -69,6 +69,10 @@ struct config {
     char *owner_auth_file;       /* OwnerAuthFile=, absolute path */
     char *endorsement_auth_file; /* EndorsementAuthFile=, absolute path */
     char *lockout_auth_file;     /* LockoutAuthFile=, absolute path */
+
+    /* Set between config_init() and config_load() by a command that reads no [Provisioning]
+     * key (own, status, ek, reset): an invalid one is then a warning and is ignored. */
+    bool provisioning_unused;
 };
 
 /*

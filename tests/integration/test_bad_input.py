@@ -73,6 +73,73 @@ def test_files_that_cannot_be_read_are_named_with_the_reason_exit_2(agent, tmp_p
         assert said in res.stderr and "No such file or directory" in res.stderr, res.stderr
 
 
+def test_a_proxy_url_with_a_space_is_refused_not_retried(agent, tmp_path):
+    conf = tmp_path / "tp.conf"
+    conf.write_text("[Provisioning]\nIdScope=0ne00000001\nProxy=http://proxy .example:3128\n")
+    res = run(agent, "register", env={"TPM_PROVISION_CONFIG": str(conf)})
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "invalid Proxy=" in res.stderr and "a space" in res.stderr, res.stderr
+    res = run(agent, "register", env={"https_proxy": "http://proxy .example:3128"})
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "$https_proxy is not a valid proxy URL" in res.stderr, res.stderr
+
+
+def test_a_bad_provisioning_key_stops_only_the_commands_that_use_it(agent, tmp_path):
+    conf = tmp_path / "tp.conf"
+    conf.write_text("[Provisioning]\nIdScope=0ne-0001\n")
+    env = {"TPM_PROVISION_CONFIG": str(conf)}
+    for cmd in (["status"], ["ek"], ["own"]):
+        res = run(agent, *cmd, env=env)
+        assert res.returncode == 0, (cmd, res.stderr)
+        assert "<4>%s:2: invalid IdScope=0ne-0001" % conf in res.stderr, res.stderr
+        assert "does not use it" in res.stderr, res.stderr
+    for cmd in (["register"], ["sas"]):
+        res = run(agent, *cmd, env=env)
+        assert res.returncode == EXIT_USAGE, (cmd, res.stderr)
+        assert "<3>%s:2: invalid IdScope=0ne-0001" % conf in res.stderr, res.stderr
+
+
+def stderr_on_a_terminal(argv, env):
+    """What the agent writes to standard error when that is a terminal (a pty)."""
+    import pty
+    import subprocess
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=secondary)
+        os.close(secondary)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the agent has closed its end
+                break
+            if not chunk:
+                break
+            out += chunk
+        proc.wait(60)
+        return proc.returncode, out.decode(errors="replace")
+    finally:
+        os.close(primary)
+
+
+def test_a_terminal_reads_error_and_warning_not_priority_prefixes(agent, tmp_path):
+    # The pipe (journald's view) keeps the <N> prefixes.
+    env = dict(os.environ, **agent.env)
+    env.update(TPM_PROVISION_TCTI=agent.tcti, TPM_PROVISION_CONFIG=str(tmp_path / "absent.conf"))
+    piped = agent.run("--srk-handle=0x81010001", "status", env=env)
+    assert "<3>" in piped.stderr and "<4>" in piped.stderr, piped.stderr
+    rc, said = stderr_on_a_terminal([agent_binary(), "--srk-handle=0x81010001", "status"], env)
+    assert rc == EXIT_USAGE, said
+    assert "<" not in said.replace("<N>", ""), said
+    assert "\nerror: " in "\n" + said and "warning: " in said, said
+
+
+def agent_binary():
+    from agent import AGENT
+    return AGENT
+
+
 def test_a_configuration_file_named_by_the_environment_that_is_missing_is_said(agent, tmp_path):
     res = run(agent, "status", env={"TPM_PROVISION_CONFIG": str(tmp_path / "tp.cnf")})
     assert res.returncode == 0

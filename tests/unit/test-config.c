@@ -398,6 +398,7 @@ static void test_bad_strings(void **state) {
         {"[TPM]\nOwnerAuthFile=owner\n", "absolute path"},
         {"[Provisioning]\nApiVersion=2021-06-01&x=y\n", "only letters, digits"},
         {"[TPM]\nTCTI=device:/dev/tpm\trm0\n", "control character"},
+        {"[Provisioning]\nProxy=http://proxy .example:3128\n", "a space"},
     };
     const char *log;
     (void)state;
