@@ -388,7 +388,9 @@ static int check_rows(struct job *j) {
                       "device, then delete the line or end it with a newline; 'ek --append' "
                       "cuts it off.", j->names[i], j->lists[i].torn_line);
             bad++;
-        }
+        } else if (j->lists[i].n_rows == 0)
+            log_warning("%s holds no rows: nothing of it is enrolled. Is it the list that was "
+                        "meant?", j->names[i]);
         for (size_t k = 0; k < j->lists[i].n_rows; k++) {
             struct ekrow *row = &j->lists[i].rows[k];
             const char *why = "out of memory";

@@ -453,6 +453,21 @@ def test_enroll_read_only_policy_is_a_clear_error_nothing_created(emulator, real
     assert [p["status"] for p in bulk_posts(service_log(emu))] == [401]
 
 
+def test_an_empty_list_is_said_not_passed_over(emulator, real_ek, tmp_path):
+    emu = emulator
+    empty, full = str(tmp_path / "empty.csv"), str(tmp_path / "full.csv")
+    write_csv(empty, [])
+    write_csv(full, [row_for(real_ek, "SN-1")])
+    cs = connection_file(emu, tmp_path)
+
+    res = enroll(line_agent(tmp_path), emu, "--list=" + empty, "--list=" + full, cs=cs)
+
+    assert res.returncode == 0, res.stderr
+    assert "<4>%s holds no rows: nothing of it is enrolled" % empty in res.stderr, res.stderr
+    assert full + " holds no rows" not in res.stderr
+    assert enrollment(emu, registration_id(real_ek))[0] == 200
+
+
 def test_enroll_connection_string_from_credential_never_in_output(emulator, real_ek, tmp_path):
     emu = emulator
     listing = str(tmp_path / "cred.csv")
