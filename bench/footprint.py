@@ -217,7 +217,8 @@ class Rss:
         # The loader took this libcurl, not the system's: none of what only the system's
         # libcurl needs is mapped.
         system_only = ({x["file"] for x in ldd(library_path("libcurl.so.4"))} -
-                       {x["file"] for x in ldd(lib["libcurl"])})
+                       {x["file"] for x in ldd(lib["libcurl"])} -
+                       {x["file"] for x in ldd(b.AGENT)})
         stray = sorted(system_only & set(lib["breakdown"]["maps"]))
         if stray:
             raise RuntimeError("LD_LIBRARY_PATH=%s did not take: %s mapped" % (
