@@ -106,7 +106,7 @@ static void note_server_time(struct registration *g, const struct http_response 
  * backoff with full jitter. -ETIMEDOUT when even the server's wait would pass the deadline;
  * the last attempt before it goes at the server's wait. */
 static int wait_before_retry(struct registration *g, const struct http_response *resp,
-                             const char *why) {
+                             int level, const char *why) {
     uint64_t delay_ms, floor_ms = 0, rnd = 0;
     int64_t after = -1;
 
@@ -128,7 +128,9 @@ static int wait_before_retry(struct registration *g, const struct http_response 
                                    g->cfg->deadline_sec);
         delay_ms = floor_ms;
     }
-    log_info("%s; trying again in %llu s.", why, (unsigned long long)((delay_ms + 999) / 1000));
+    /* One line says both what went wrong and when the next attempt is. */
+    log_full_errno(level, 0, "%s; trying again in %llu s.", why,
+                   (unsigned long long)((delay_ms + 999) / 1000));
     sd_notifyf(0, "STATUS=%s; next attempt in %llu s", why,
                (unsigned long long)((delay_ms + 999) / 1000));
     sleep_ms(delay_ms);
@@ -174,8 +176,7 @@ static int exchange(struct registration *g, const char *what, const char *method
         default:
             snprintf(why, sizeof(why), "%s: %s", what, resp->error);
         }
-        log_warning("%s.", why);
-        r = wait_before_retry(g, NULL, why);
+        r = wait_before_retry(g, NULL, LOG_WARNING, why);
         http_response_done(resp);
         return r < 0 ? r : RETRY;
     }
@@ -185,7 +186,7 @@ static int exchange(struct registration *g, const char *what, const char *method
     if (resp->status == 429 || resp->status >= 500) {
         snprintf(why, sizeof(why), "%s: DPS answered HTTP %ld%s", what, resp->status,
                  resp->status == 429 ? " (throttled)" : "");
-        r = wait_before_retry(g, resp, why);
+        r = wait_before_retry(g, resp, LOG_INFO, why);
         http_response_done(resp);
         return r < 0 ? r : RETRY;
     }
@@ -309,9 +310,9 @@ static int challenge(struct registration *g) {
         /* A 401 whose body is not JSON at all was garbled on the way (a proxy, a cut
          * connection): no verdict on the enrollment, so ask again. */
         http_response_done(&resp);
-        log_warning("DPS's challenge is not the JSON it should be (malformed, or a field of the "
-                    "wrong type or over its limit); asking again.");
-        r = wait_before_retry(g, NULL, "Malformed challenge");
+        r = wait_before_retry(g, NULL, LOG_WARNING,
+                              "DPS's challenge is not the JSON it should be (malformed, or a "
+                              "field of the wrong type or over its limit)");
         if (r < 0)
             return r;
     }
@@ -423,9 +424,9 @@ static int authenticated_put(struct registration *g, struct dps_answer *ret,
         /* A body cut short or garbled on the way: the PUT is safe to repeat (DPS answers
          * it with the registration's operation again). */
         dps_answer_done(ret);
-        log_warning("DPS's answer to the signed registration is not the JSON it should be; "
-                    "sending it again.");
-        r = wait_before_retry(g, NULL, "Malformed registration answer");
+        r = wait_before_retry(g, NULL, LOG_WARNING,
+                              "DPS's answer to the signed registration is not the JSON it "
+                              "should be");
         if (r < 0)
             return r;
     }
@@ -468,9 +469,9 @@ static int poll_operation(struct registration *g, struct dps_answer *op,
         r = dps_answer_parse(resp.body, &next);
         if (r < 0) {
             http_response_done(&resp);
-            log_warning("DPS's operation status is not the JSON it should be (malformed, or a "
-                        "field of the wrong type or over its limit); asking again.");
-            r = wait_before_retry(g, NULL, "Malformed operation status");
+            r = wait_before_retry(g, NULL, LOG_WARNING,
+                                  "DPS's operation status is not the JSON it should be "
+                                  "(malformed, or a field of the wrong type or over its limit)");
             if (r < 0)
                 return r;
             continue;
@@ -484,8 +485,8 @@ static int poll_operation(struct registration *g, struct dps_answer *op,
          * would be a request storm, so it waits as after any bad answer. */
         if (op->status == DPS_STATUS_UNKNOWN) {
             http_response_done(&resp);
-            log_warning("DPS's operation status has no status this agent knows; asking again.");
-            r = wait_before_retry(g, NULL, "Operation status without a known status");
+            r = wait_before_retry(g, NULL, LOG_WARNING,
+                                  "DPS's operation status has no status this agent knows");
             if (r < 0)
                 return r;
             continue;

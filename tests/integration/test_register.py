@@ -469,7 +469,7 @@ def test_b23_operation_status_it_does_not_know_is_asked_again_with_backoff_not_a
     ("oversize_body", "put_challenge", ("larger than",)),
     # The body is still DPS's JSON: a wrong Content-Type alone is no reason to fail.
     ("wrong_content_type", "get", ()),
-    ("truncated_json", "put_auth", ("not the JSON", "sending it again")),
+    ("truncated_json", "put_auth", ("not the JSON", "trying again in")),
     ("truncated_json", "get", ("operation status is not the JSON it should be",)),
     # A 401 that is not JSON at all says nothing about the enrollment (not exit 6).
     ("malformed_json", "put_challenge", ("challenge is not the JSON it should be",)),
@@ -492,6 +492,22 @@ def test_hostile_answer_once_is_survived_and_named(device, fault, on, words):
     for w in words:
         assert w.lower() in res.stderr.lower(), res.stderr
     assert device.hub_check() == 200
+
+
+@pytest.mark.parametrize("fault,on,said", [
+    ("truncated_json", "put_auth", "is not the JSON it should be"),
+    ("drop", "put_challenge", "PUT register"),
+])
+def test_a_retry_is_one_line_saying_what_and_when(device, fault, on, said):
+    emu = device.emu
+    emu.set_fault(fault, count=1, on=on)
+
+    res, _ = register(device, check=0)
+
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if said in line]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("<4>") and "; trying again in " in lines[0], lines
 
 
 @pytest.mark.parametrize("fault,settings,words", [
