@@ -475,16 +475,23 @@ class Report:
             mb = mini.get("breakdown")
             if reg and mb:
                 m = mb["maps"]
-                self.w("A libcurl without them is not enough: with it `register` still peaks at "
-                       "%s, %s over the target. Held at its EvictControl it has %s resident: "
-                       "libcrypto %s and libc %s, which every run maps (the fast path too), "
-                       "libssl %s and libcurl %s for TLS and HTTP, %s of heap. Only %s of the "
-                       "%s is private to the run; the rest are pages of shared libraries. "
-                       "What is left over the target is OpenSSL and libc as Debian builds "
-                       "them, which the agent needs for TLS and for ESAPI." % (
+                base = m.get("libcrypto.so.3", 0) + m.get("libc.so.6", 0)
+                self.w("A libcurl without them is not enough for `register`: with it `register` "
+                       "still peaks at %s, %s over the target, while `enroll` (%s) gets under "
+                       "it. Held at its EvictControl, `register` has %s resident. libcrypto (%s) "
+                       "and libc (%s), which every run maps, the fast path too, are %s of it "
+                       "alone, %.0f%% of the target (libcrypto is %s on the fast path, which hashes "
+                       "for ESAPI but makes no TLS handshake). Then libssl %s and libcurl %s for TLS and HTTP, and %s of "
+                       "heap. Only %s of the %s is private to the run; the rest are pages of "
+                       "shared libraries, which every process that uses them shares." % (
                            kib(reg["max"]), kib(reg["max"] - RSS_MAX_KIB),
+                           kib(mini["rss"]["enroll (1 row)"]["max"])
+                           if "enroll (1 row)" in mini["rss"] else "-",
                            kib(mb["total_kib"]), kib(m.get("libcrypto.so.3", 0)),
-                           kib(m.get("libc.so.6", 0)), kib(m.get("libssl.so.3", 0)),
+                           kib(m.get("libc.so.6", 0)), kib(base), 100.0 * base / RSS_MAX_KIB,
+                           kib((br.get("register (assigned: fast path)") or {}).get(
+                               "maps", {}).get("libcrypto.so.3", 0)),
+                           kib(m.get("libssl.so.3", 0)),
                            kib(sum(v for k, v in m.items() if k.startswith("libcurl.so"))),
                            kib(mb["heap_kib"]), kib(mb["private_kib"]),
                            kib(mb["total_kib"])), "")
