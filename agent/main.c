@@ -491,6 +491,7 @@ int main(int argc, char *argv[]) {
                                 cmd->run == cmd_ek || cmd->run == cmd_reset;
     if (r >= 0)
         r = config_load(&o.cfg);
+    o.cfg.provisioning_unused = false; /* an option typed for this very run is always checked */
     if (r >= 0)
         r = apply_overrides(&o.cfg, &v);
     if (r >= 0)

@@ -71,7 +71,8 @@ struct config {
     char *lockout_auth_file;     /* LockoutAuthFile=, absolute path */
 
     /* Set between config_init() and config_load() by a command that reads no [Provisioning]
-     * key (own, status, ek, reset): an invalid one is then a warning and is ignored. */
+     * key (own, status, ek, reset): an invalid one in a file, the kernel command line or the
+     * environment is then a warning and is ignored. Cleared before the command's own options. */
     bool provisioning_unused;
 };
 

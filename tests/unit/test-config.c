@@ -512,7 +512,7 @@ static void test_cmdline(void **state) {
                                              "tpm_provision.id_scope=0ne00000001 "
                                              "tpm-provision.endpoint=https://dps.example:8443/ "
                                              "tpm_provision.registration-id=device-01 "
-                                             "tpm_provision.proxy=\"http://a b\" "
+                                             "tpm_provision.proxy=\"http://a.example:3128\" "
                                              "\"tpm_provision.tcti=swtpm:path=/run/a b.sock\" "
                                              "tpm_provision.ca_bundle=/etc/ssl/dps.pem "
                                              "tpm_provision.api_version=2019-03-31 "
@@ -525,7 +525,7 @@ static void test_cmdline(void **state) {
     assert_string_equal(c.id_scope, "0ne00000001");
     assert_string_equal(c.endpoint, "https://dps.example:8443");
     assert_string_equal(c.registration_id, "device-01");
-    assert_string_equal(c.proxy, "http://a b");
+    assert_string_equal(c.proxy, "http://a.example:3128");
     assert_string_equal(c.tcti, "swtpm:path=/run/a b.sock");
     assert_null(c.ca_bundle); /* the empty value at the end reset it */
     assert_string_equal(c.api_version, "2019-03-31");
