@@ -162,10 +162,10 @@ static int exchange(struct registration *g, const char *what, const char *method
         case HTTP_FAIL_TRUST:
             /* Naming the bundle in use tells a pinned or outdated one (field case B27). */
             return log_error_errno(ENOKEY, "TLS: the DPS server's certificate is not "
-                                   "trusted (%s). Check CABundle= (now %s): it must hold the "
-                                   "root DPS chains to and, behind a TLS-inspecting proxy, the "
-                                   "proxy's CA. Not retrying.", resp->error,
-                                   g->cfg->ca_bundle ? g->cfg->ca_bundle : "the system's bundle");
+                                   "trusted (%s). Check CABundle= (the trust store now: %s): "
+                                   "it must hold the root DPS chains to and, behind a "
+                                   "TLS-inspecting proxy, the proxy's CA. Not retrying.",
+                                   resp->error, http_trust_store(g->http));
         case HTTP_FAIL_CLOCK:
             snprintf(why, sizeof(why), "%s: TLS certificate not valid at the current time (%s); "
                      "the system clock may be wrong", what, resp->error);

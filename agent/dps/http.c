@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include "http.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -8,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "basic/log.h"
 #include "basic/macro.h"
@@ -20,6 +23,9 @@ struct http {
     const struct curl_api *api;
     CURL *curl;
     struct http_options options;
+    /* The trust store: a file parsed whole, or a directory OpenSSL reads one certificate at a
+     * time from; both NULL: libcurl's built-in default. */
+    const char *ca_file, *ca_dir;
     uint32_t time_left;
     unsigned connections, requests;
     char errbuf[CURL_ERROR_SIZE];
@@ -101,6 +107,50 @@ static CURLcode on_ssl_ctx(CURL *curl, void *ssl_ctx, void *userdata) {
     return CURLE_OK;
 }
 
+bool http_dir_has_hashed_certs(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    bool found = false;
+
+    if (!d)
+        return false;
+    /* "5ad8a5d6.0": the subject hash, a dot and a sequence number (openssl-rehash(1)). */
+    while (!found && (e = readdir(d))) {
+        const char *n = e->d_name;
+        size_t i = 0;
+        while (i < 8 && isxdigit((unsigned char)n[i]))
+            i++;
+        found = i == 8 && n[8] == '.' && isdigit((unsigned char)n[9]) &&
+                n[9 + strspn(n + 9, "0123456789")] == '\0';
+    }
+    closedir(d);
+    return found;
+}
+
+/*
+ * CABundle= is the whole trust store, a file or a hashed directory, never added to the
+ * system's. Without it, the system's hashed directory when there is one: a bundle file is
+ * parsed whole at the handshake (Debian's 140 certificates cost 0.9 MiB and 30 ms of CPU, bench/
+ * RESULTS.md), the directory only for the certificates a chain needs. An initramfs that carries
+ * only the bundle file keeps libcurl's default, that file.
+ */
+static void choose_trust(struct http *h) {
+    const char *b = h->options.ca_bundle;
+    struct stat st;
+
+    if (b) {
+        if (stat(b, &st) == 0 && S_ISDIR(st.st_mode))
+            h->ca_dir = b;
+        else
+            h->ca_file = b;
+    } else if (http_dir_has_hashed_certs(HTTP_SYSTEM_CA_DIR))
+        h->ca_dir = HTTP_SYSTEM_CA_DIR;
+}
+
+const char *http_trust_store(const struct http *h) {
+    return h->ca_dir ? h->ca_dir : h->ca_file ? h->ca_file : "libcurl's default CA bundle";
+}
+
 int http_new(const struct http_options *o, struct http **ret) {
     const struct curl_api *api;
     struct http *h;
@@ -114,6 +164,7 @@ int http_new(const struct http_options *o, struct http **ret) {
         return -ENOMEM;
     h->api = api;
     h->options = *o;
+    choose_trust(h);
     h->curl = h->api->easy_init();
     if (!h->curl) {
         free(h);
@@ -207,8 +258,10 @@ int http_request(struct http *h, const char *method, const char *url, const char
     h->api->easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     h->api->easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
     h->api->easy_setopt(c, CURLOPT_SSL_CTX_DATA, h);
-    if (h->options.ca_bundle)
-        h->api->easy_setopt(c, CURLOPT_CAINFO, h->options.ca_bundle);
+    if (h->ca_file || h->ca_dir) {
+        h->api->easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
+        h->api->easy_setopt(c, CURLOPT_CAPATH, h->ca_dir);
+    }
     if (h->options.proxy)
         h->api->easy_setopt(c, CURLOPT_PROXY, h->options.proxy);
     if (h->options.no_proxy)

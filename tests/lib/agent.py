@@ -15,12 +15,12 @@ class Agent:
         self.workdir = workdir
         self.runs = []
 
-    def run(self, *args, env=None, check=None, timeout=120, user=None):
+    def run(self, *args, env=None, check=None, timeout=120, user=None, prefix=()):
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("TPM_PROVISION_", "CREDENTIALS_DIRECTORY"))}
         full_env["TPM_PROVISION_TCTI"] = self.tcti
         full_env.update(env or {})
-        cmd = [AGENT, *args]
+        cmd = [*prefix, AGENT, *args]
         if user:
             # Debian's unprivileged pair is nobody:nogroup.
             cmd = ["setpriv", "--reuid=" + user, "--regid=nogroup", "--clear-groups", *cmd]
