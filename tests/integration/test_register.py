@@ -681,7 +681,7 @@ def test_the_system_trust_store_is_read_as_a_hashed_directory(device, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["file", "directory"])
-def test_cabundle_is_the_whole_trust_store_not_added_to_the_systems(device, tmp_path, kind):
+def test_b27_cabundle_is_the_whole_trust_store_not_added_to_the_systems(device, tmp_path, kind):
     """CABundle= replaces the system's store, as tpm-provision.conf(5) says: a device that
     pins its DPS roots (field case B27) must not also trust whatever the system holds. The
     system's store here holds the emulator's CA; CABundle= names another CA only."""
