@@ -32,6 +32,7 @@ import bootimage  # noqa: E402
 
 TIME = "/usr/bin/time"
 RSS_RUNS = int(os.environ.get("BENCH_RSS_RUNS", "3"))
+TRUST_RUNS = int(os.environ.get("BENCH_TRUST_RUNS", "7"))
 
 
 # -- the binary -----------------------------------------------------------------------------
@@ -125,6 +126,7 @@ class Rss:
         self.n = 0
         self.rows = {}
         self.minimal = {}
+        self.trust = {}
 
     def timed(self, name, device, *args, rows=None, env=None):
         self.n += 1
@@ -189,6 +191,7 @@ class Rss:
             }
             for _ in range(RSS_RUNS):
                 self.timed("--help (the libraries loaded, nothing done)", dev, "--help")
+            self.trust = trust_stores(dev, emu, self.work)
             self.minimal = self.with_minimal_libcurl(dev, emu, listing, cs)
             dev.tpm.stop()
         finally:
@@ -224,6 +227,68 @@ class Rss:
             raise RuntimeError("LD_LIBRARY_PATH=%s did not take: %s mapped" % (
                 lib["dir"], ", ".join(stray)))
         return lib
+
+
+SYSTEM_CA_DIR = "/etc/ssl/certs"
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def trust_stores(dev, emu, work):
+    """`register` with the system's certificates and the emulator's CA as the trust store,
+    once as one bundle file, once as a hashed directory (what a device without CABundle=
+    reads), against the emulator's CA alone: {store: {certificates, kib, wall, cpu}}."""
+    if not os.path.exists(SYSTEM_CA_FILE):
+        return {"skipped": SYSTEM_CA_FILE + " is missing"}
+    bundle = os.path.join(work, "system-and-emulator.pem")
+    with open(bundle, "w") as out, open(SYSTEM_CA_FILE) as system, open(emu.ca) as ours:
+        out.write(system.read() + ours.read())
+    hashed = os.path.join(work, "system-and-emulator.d")
+    os.mkdir(hashed)
+    for name in os.listdir(SYSTEM_CA_DIR):
+        if re.fullmatch(r"[0-9a-f]{8}\.[0-9]+", name):
+            os.symlink(os.path.realpath(os.path.join(SYSTEM_CA_DIR, name)),
+                       os.path.join(hashed, name))
+    h = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", emu.ca], check=True,
+                       capture_output=True, text=True).stdout.strip()
+    n = 0
+    while os.path.exists(os.path.join(hashed, "%s.%d" % (h, n))):
+        n += 1
+    shutil.copy(emu.ca, os.path.join(hashed, "%s.%d" % (h, n)))
+    with open(bundle) as f:
+        count = f.read().count("BEGIN CERTIFICATE")
+    stores = [("the emulator's CA alone, a file", emu.ca, 1),
+              ("the system's certificates and the emulator's, one file", bundle, count),
+              ("the same, a hashed directory (the default without CABundle=)", hashed,
+               len(os.listdir(hashed)))]
+    with open(dev.config) as f:
+        config = f.read()
+    out = {}
+    try:
+        for name, store, certs in stores:
+            with open(dev.config, "w") as f:
+                f.write(config.replace("CABundle=" + emu.ca, "CABundle=" + store))
+            row = out[name] = {"certificates": certs, "kib": [], "wall": [], "cpu": [],
+                               "exit_codes": []}
+            for i in range(TRUST_RUNS):
+                dev.run("reset", "--yes")
+                t = os.path.join(work, "trust-time")
+                # GNU time for the peak RSS; the kernel's accounting of GNU time, which holds
+                # the agent's, for the CPU at microseconds.
+                res = b.run_measured([TIME, "-f", "%M", "-o", t, b.AGENT, "register"],
+                                     dev.env())
+                with open(t) as f:
+                    row["kib"].append(int(f.read().strip().splitlines()[-1]))
+                row["wall"].append(res["wall"])
+                row["cpu"].append(res["cpu"])
+                row["exit_codes"].append(res["rc"])
+            row["max"] = max(row["kib"])
+            row["median_cpu"] = b.stats(row["cpu"])["median"]
+            row["median_wall"] = b.stats(row["wall"])["median"]
+    finally:
+        with open(dev.config, "w") as f:
+            f.write(config)
+        dev.run("reset", "--yes")
+    return out
 
 
 def minimal_libcurl():
@@ -468,7 +533,8 @@ def main():
     try:
         rss = Rss(work)
         out = {"binary": binary(), "rss": rss.run(), "rss_breakdown": rss.breakdown,
-               "minimal_libcurl": rss.minimal, "machine": b.machine()}
+               "minimal_libcurl": rss.minimal, "trust_stores": rss.trust,
+               "machine": b.machine()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["initrd"] = initrds()

@@ -435,6 +435,25 @@ class Report:
                     kib(sum(v for k, v in x["maps"].items() if k in sd_only)),
                     kib(x["heap_kib"]), kib(x["binary_kib"]), top))
             self.w("")
+        ts = f.get("trust_stores") or {}
+        if "skipped" in ts:
+            self.w("Trust stores: not measured: %s." % ts["skipped"], "")
+        elif ts:
+            self.w("`register` end to end with three trust stores (CABundle=), %d runs each: "
+                   "the emulator's CA alone, as the rows above; the system's certificates with "
+                   "the emulator's added, as one bundle file (what libcurl reads by default, "
+                   "and what the agent read before it took the directory); and the same as a "
+                   "hashed directory, which the agent now reads when CABundle= is unset and "
+                   "`/etc/ssl/certs` is one (`agent/dps/http.c`):" % (
+                       len(next(iter(ts.values()))["kib"])), "",
+                   "| trust store | certificates | peak RSS | CPU median (min - max) | exit codes "
+                   "|", "|---|---|---|---|---|")
+            for name, r in ts.items():
+                self.w("| %s | %d | %s | %s (%s - %s) | %s |" % (
+                    name, r["certificates"], kib(r["max"]), ms(r["median_cpu"]),
+                    ms(min(r["cpu"])), ms(max(r["cpu"])),
+                    ",".join(str(x) for x in sorted(set(r["exit_codes"])))))
+            self.w("")
         if "skipped" in mini:
             self.w("A libcurl for DPS alone: not measured: %s." % mini["skipped"], "")
         elif mini.get("rss"):
