@@ -669,7 +669,7 @@ def with_system_certs(path):
 def test_the_system_trust_store_is_read_as_a_hashed_directory(device, tmp_path):
     """Without CABundle= the agent reads /etc/ssl/certs certificate by certificate, as
     OpenSSL finds them by subject hash, instead of parsing the whole bundle file at every
-    handshake (0.9 MiB and 30 ms of CPU for Debian's, bench/RESULTS.md). Here the directory
+    handshake (0.9 MiB and 15-30 ms of CPU for Debian's, bench/RESULTS.md). Here the directory
     holds the emulator's CA and no bundle file at all."""
     store = hashed_dir(str(tmp_path / "certs"), device.emu.ca)
     device.write_config(provisioning={"CABundle": None, "TimeoutSec": "30"})
