@@ -213,12 +213,29 @@ static int apply_overrides(struct config *c, const struct overrides *v) {
     r |= set_string(&c->owner_auth_file, v->auth_file[HIERARCHY_OWNER]);
     r |= set_string(&c->endorsement_auth_file, v->auth_file[HIERARCHY_ENDORSEMENT]);
     r |= set_string(&c->lockout_auth_file, v->auth_file[HIERARCHY_LOCKOUT]);
-    r |= set_string(&c->id_scope, v->id_scope);
-    r |= set_string(&c->endpoint, v->endpoint);
-    r |= set_string(&c->registration_id, v->registration_id);
+    r |= set_string(&c->registration_id, v->registration_id); /* checked for registration */
+    /* A relative FILE is taken from the working directory (tpm-provision(8)), so these two are
+     * not read as their keys are, which want absolute paths. */
     r |= set_string(&c->payload_file, v->payload);
     r |= set_string(&c->ca_bundle, v->ca_bundle);
-    r |= set_string(&c->api_version, v->api_version);
+    if (r)
+        return -ENOMEM;
+    /* The others are read as their keys are: the same checks, the same messages. */
+    static const struct {
+        const char *key, *option;
+        size_t offset;
+    } as_keys[] = {
+        {"IdScope", "--id-scope", offsetof(struct overrides, id_scope)},
+        {"GlobalEndpoint", "--endpoint", offsetof(struct overrides, endpoint)},
+        {"ApiVersion", "--api-version", offsetof(struct overrides, api_version)},
+        {"TimeoutSec", "--timeout", offsetof(struct overrides, timeout)},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(as_keys); i++) {
+        const char *value = *(const char *const *)((const char *)v + as_keys[i].offset);
+        if (value && config_set_key(c, as_keys[i].key, value, "Command line",
+                                    as_keys[i].option) < 0)
+            return -EINVAL;
+    }
     if (v->ek_handle)
         c->ek_handle = v->ek_handle;
     if (v->srk_handle)
@@ -227,9 +244,6 @@ static int apply_overrides(struct config *c, const struct overrides *v) {
         c->state_index = v->state_index;
     if (v->identity_handle)
         c->identity_handle = v->identity_handle;
-    /* Read as TimeoutSec= is: the same units and range. */
-    if (v->timeout && config_set_key(c, "TimeoutSec", v->timeout, "Command line", "--timeout") < 0)
-        return -EINVAL;
     /* A trailing slash on the endpoint would double in every URL. */
     if (c->endpoint) {
         size_t n = strlen(c->endpoint);

@@ -258,8 +258,8 @@ def trust_stores(dev, emu, work):
         count = f.read().count("BEGIN CERTIFICATE")
     stores = [("the emulator's CA alone, a file", emu.ca, 1),
               ("the system's certificates and the emulator's, one file", bundle, count),
-              ("the system's certificates and the emulator's, a hashed directory (what the "
-               "agent reads without CABundle=)", hashed,
+              ("the system's certificates and the emulator's, a hashed directory (as "
+               "CABundle=/etc/ssl/certs reads them)", hashed,
                len(os.listdir(hashed)))]
     with open(dev.config) as f:
         config = f.read()

@@ -441,10 +441,10 @@ class Report:
         elif ts:
             self.w("`register` end to end with three trust stores (CABundle=), %d runs each: "
                    "the emulator's CA alone, as the rows above; the system's certificates with "
-                   "the emulator's added, as one bundle file (what libcurl reads by default, "
-                   "and what the agent read before it took the directory); and the same as a "
-                   "hashed directory, which the agent now reads when CABundle= is unset and "
-                   "`/etc/ssl/certs` is one (`agent/dps/http.c`):" % (
+                   "the emulator's added, as one bundle file (libcurl reads the system's "
+                   "bundle file by default, when CABundle= is unset); and the same as a hashed "
+                   "directory, which `CABundle=/etc/ssl/certs` makes the agent read alone "
+                   "(tpm-provision.conf(5)):" % (
                        len(next(iter(ts.values()))["kib"])), "",
                    "| trust store | certificates | peak RSS | CPU median (min - max) | exit codes "
                    "|", "|---|---|---|---|---|")

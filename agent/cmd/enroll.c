@@ -908,6 +908,8 @@ static int enroll(struct job *j) {
         return r;
     }
 
+    if (o->cfg.ca_bundle && config_check_ca_bundle(o->cfg.ca_bundle, "--ca-bundle=") < 0)
+        return -EINVAL;
     r = read_connection_string(o, &cs);
     if (r < 0)
         return r;

@@ -300,8 +300,9 @@ const char *config_check_proxy(const char *url) {
     /* libcurl would take "http://proxy .example" and fail on every request as though the
      * proxy were down; a URL never holds a space or a control character unencoded. */
     for (p = url; *p; p++)
-        if ((unsigned char)*p <= 0x20 || *p == 0x7f)
-            return "it holds a space or a control character (encode one in a password as %20)";
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+            return "it holds a space, a control character or a non-ASCII byte (percent-encode "
+                   "one in a password, like %20)";
     for (size_t i = 0; i < ARRAY_SIZE(schemes); i++)
         if (strncmp(url, schemes[i], strlen(schemes[i])) == 0)
             host = url + strlen(schemes[i]);
@@ -900,6 +901,49 @@ int config_load(struct config *c) {
     return load_environment(c);
 }
 
+bool config_dir_has_hashed_certs(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    bool found = false;
+
+    if (!d)
+        return false;
+    /* "5ad8a5d6.0": the subject hash, a dot and a sequence number (openssl-rehash(1)). */
+    while (!found && (e = readdir(d))) {
+        const char *n = e->d_name;
+        size_t i = 0;
+        while (i < 8 && isxdigit((unsigned char)n[i]))
+            i++;
+        found = i == 8 && n[8] == '.' && isdigit((unsigned char)n[9]) &&
+                n[9 + strspn(n + 9, "0123456789")] == '\0';
+    }
+    closedir(d);
+    return found;
+}
+
+int config_check_ca_bundle(const char *path, const char *name) {
+    struct stat st;
+    bool dir;
+
+    /* Checked now, not found out as a TLS trust failure after connecting. */
+    if (stat(path, &st) < 0)
+        return log_error_errno(errno, "Cannot use the CA bundle %s%s: %m.", name, path);
+    dir = S_ISDIR(st.st_mode);
+    if (access(path, dir ? R_OK | X_OK : R_OK) < 0)
+        return log_error_errno(errno, "Cannot read the CA %s %s%s: %m.",
+                               dir ? "directory" : "bundle", name, path);
+    /* OpenSSL looks a directory's certificates up by subject hash only: a directory of plain
+     * PEM files would refuse every server, and say nothing more useful than "not trusted". */
+    if (dir && !config_dir_has_hashed_certs(path))
+        return log_error_errno(EINVAL, "The CA directory %s%s holds no certificate named by its "
+                               "subject hash (like 5ad8a5d6.0): run 'openssl rehash %s', or name "
+                               "one PEM file instead.", name, path, path);
+    if (!dir && !S_ISREG(st.st_mode))
+        return log_error_errno(EINVAL, "The CA bundle %s%s is not a regular file or a directory.",
+                               name, path);
+    return 0;
+}
+
 int config_check_for_registration(const struct config *c) {
     const char *why;
     int r = 0;
@@ -929,9 +973,8 @@ int config_check_for_registration(const struct config *c) {
                             "Global endpoint '%s' is not valid: %s; expected https://HOST[:PORT].",
                             c->endpoint, why);
 
-    /* Checked now, not found out as a TLS trust failure after connecting. */
-    if (c->ca_bundle && access(c->ca_bundle, R_OK) < 0)
-        r = log_error_errno(EINVAL, "Cannot read the CA bundle CABundle=%s: %m.", c->ca_bundle);
+    if (c->ca_bundle && config_check_ca_bundle(c->ca_bundle, "CABundle=") < 0)
+        r = -EINVAL;
 
     if (!c->proxy) {
         static const char *const vars[] = {"https_proxy", "HTTPS_PROXY", "all_proxy",

@@ -111,6 +111,13 @@ int config_load_cmdline(struct config *c, const char *cmdline);
  * -EINVAL when there is one. */
 int config_check_for_registration(const struct config *c);
 
+/* A CA bundle (a PEM file) or a CA directory (hashed, as openssl-rehash(1) leaves one) that can
+ * be read: 0, or an error naming it as `name` ("CABundle=", "--ca-bundle="), logged. */
+int config_check_ca_bundle(const char *path, const char *name);
+
+/* Whether dir holds files named by subject hash ("5ad8a5d6.0"). */
+bool config_dir_has_hashed_certs(const char *dir);
+
 /* Frees the strings and empties c. Safe on a zeroed or partly filled struct, and twice. */
 /* Why url is not a proxy URL libcurl can use (scheme://[user:password@]host[:port]), or NULL. */
 const char *config_check_proxy(const char *url);

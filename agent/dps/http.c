@@ -1,8 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "http.h"
 
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -107,48 +105,27 @@ static CURLcode on_ssl_ctx(CURL *curl, void *ssl_ctx, void *userdata) {
     return CURLE_OK;
 }
 
-bool http_dir_has_hashed_certs(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    bool found = false;
-
-    if (!d)
-        return false;
-    /* "5ad8a5d6.0": the subject hash, a dot and a sequence number (openssl-rehash(1)). */
-    while (!found && (e = readdir(d))) {
-        const char *n = e->d_name;
-        size_t i = 0;
-        while (i < 8 && isxdigit((unsigned char)n[i]))
-            i++;
-        found = i == 8 && n[8] == '.' && isdigit((unsigned char)n[9]) &&
-                n[9 + strspn(n + 9, "0123456789")] == '\0';
-    }
-    closedir(d);
-    return found;
-}
-
 /*
- * CABundle= is the whole trust store, a file or a hashed directory, never added to the
- * system's. Without it, the system's hashed directory when there is one: a bundle file is
- * parsed whole at the handshake (Debian's 144 certificates: 0.9 MiB and 15-30 ms of CPU,
- * bench/RESULTS.md), the directory only for the certificates a chain needs. An initramfs that
- * carries only the bundle file keeps libcurl's default, that file.
+ * CABundle= is the whole trust store, a PEM file or a hashed directory, never added to
+ * libcurl's built-in one (Debian's adds /etc/ssl/certs to any file given): a device that pins
+ * its DPS roots (field case B27) trusts those alone. Without it, libcurl's defaults stand: the
+ * system's bundle file and directory both, so a CA appended to ca-certificates.crt by hand is
+ * still trusted.
  */
 static void choose_trust(struct http *h) {
     const char *b = h->options.ca_bundle;
     struct stat st;
 
-    if (b) {
-        if (stat(b, &st) == 0 && S_ISDIR(st.st_mode))
-            h->ca_dir = b;
-        else
-            h->ca_file = b;
-    } else if (http_dir_has_hashed_certs(HTTP_SYSTEM_CA_DIR))
-        h->ca_dir = HTTP_SYSTEM_CA_DIR;
+    if (!b)
+        return;
+    if (stat(b, &st) == 0 && S_ISDIR(st.st_mode))
+        h->ca_dir = b;
+    else
+        h->ca_file = b;
 }
 
 const char *http_trust_store(const struct http *h) {
-    return h->ca_dir ? h->ca_dir : h->ca_file ? h->ca_file : "libcurl's default CA bundle";
+    return h->ca_dir ? h->ca_dir : h->ca_file ? h->ca_file : "the system's, libcurl's default";
 }
 
 int http_new(const struct http_options *o, struct http **ret) {

@@ -43,13 +43,7 @@ struct http_response {
 
 struct http;
 
-/* The system's trust store as update-ca-certificates(8) and openssl-rehash(1) leave it. */
-#define HTTP_SYSTEM_CA_DIR "/etc/ssl/certs"
-
 int http_new(const struct http_options *o, struct http **ret);
-
-/* Whether dir holds certificates named by subject hash ("5ad8a5d6.0"). */
-bool http_dir_has_hashed_certs(const char *dir);
 
 /* The trust store in use, for messages: a directory, a file, or libcurl's default. */
 const char *http_trust_store(const struct http *h);

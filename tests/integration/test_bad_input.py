@@ -32,6 +32,10 @@ def run(agent, *args, env=None):
     (["sas", "--resource="], "--resource= is empty"),
     (["sas", "--expiry=@9999999999"], "at most a year ahead"),
     (["--timeout=100000", "status"], "invalid --timeout=100000: it is out of range"),
+    # Options are read as their keys are, for every command (a review found them unchecked).
+    (["--id-scope=bad!!", "status"], "invalid --id-scope=bad!!: it may hold only letters"),
+    (["--api-version=a&b", "register"], "invalid --api-version=a&b: it may hold only letters"),
+    (["--endpoint=http://x/y", "register"], "invalid --endpoint=http://x/y"),
     # The platform's persistent handles: EvictControl as owner fails there, after DPS.
     (["--identity-handle=0x81800001", "status"], "0x81000000 to 0x817fffff"),
     (["enroll", "--list=x.csv", "--endpoint=http://127.0.0.1:9"],
@@ -82,6 +86,11 @@ def test_a_proxy_url_with_a_space_is_refused_not_retried(agent, tmp_path):
     res = run(agent, "register", env={"https_proxy": "http://proxy .example:3128"})
     assert res.returncode == EXIT_USAGE, res.stderr
     assert "$https_proxy is not a valid proxy URL" in res.stderr, res.stderr
+    # A no-break space pasted from a document is no better.
+    conf.write_text("[Provisioning]\nIdScope=0ne00000001\nProxy=http://proxy\u00a0.example:3128\n")
+    res = run(agent, "register", env={"TPM_PROVISION_CONFIG": str(conf)})
+    assert res.returncode == EXIT_USAGE, res.stderr
+    assert "non-ASCII" in res.stderr, res.stderr
 
 
 def test_a_bad_provisioning_key_stops_only_the_commands_that_use_it(agent, tmp_path):

@@ -666,18 +666,47 @@ def with_system_certs(path):
             'mount --bind "$0" /etc/ssl/certs && exec "$@"', path)
 
 
-def test_the_system_trust_store_is_read_as_a_hashed_directory(device, tmp_path):
-    """Without CABundle= the agent reads /etc/ssl/certs certificate by certificate, as
-    OpenSSL finds them by subject hash, instead of parsing the whole bundle file at every
-    handshake (0.9 MiB and 15-30 ms of CPU for Debian's, bench/RESULTS.md). Here the directory
-    holds the emulator's CA and no bundle file at all."""
-    store = hashed_dir(str(tmp_path / "certs"), device.emu.ca)
+def test_without_cabundle_the_systems_bundle_file_and_directory_are_both_trusted(device,
+                                                                                tmp_path):
+    """Without CABundle= libcurl's defaults stand: a CA appended to ca-certificates.crt by hand
+    (behind a TLS-inspecting proxy, say) is trusted though /etc/ssl/certs is a hashed directory
+    that lacks it, and one only in the directory is trusted too. Found by a review of a change
+    that read the directory alone."""
+    emu = device.emu
+    other = os.path.join(emu.state_dir, "other-ca.pem")
     device.write_config(provisioning={"CABundle": None, "TimeoutSec": "30"})
 
-    res = device.run("register", prefix=with_system_certs(store))
+    appended = hashed_dir(str(tmp_path / "appended"), other)
+    with open(os.path.join(appended, "ca-certificates.crt"), "w") as f:
+        f.write(open(other).read() + open(emu.ca).read())
+    res = device.run("register", prefix=with_system_certs(appended))
+    assert res.returncode == 0, res.stderr
 
+    device.run("reset", "--yes", check=0)
+    only_hashed = hashed_dir(str(tmp_path / "hashed"), emu.ca)
+    shutil.copy(other, os.path.join(only_hashed, "ca-certificates.crt"))
+    res = device.run("register", prefix=with_system_certs(only_hashed))
     assert res.returncode == 0, res.stderr
     assert device.hub_check() == 200
+
+
+def test_a_cabundle_that_cannot_work_is_refused_before_any_request(device, tmp_path):
+    """A directory of PEM files not named by subject hash, a missing path, a directory that
+    cannot be searched: each named with its real reason and the fix, exit 2, no request."""
+    emu = device.emu
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(emu.ca, str(plain / "emulator.pem"))
+    for bundle, said in ((str(plain), "run 'openssl rehash %s'" % plain),
+                         (str(tmp_path / "absent.pem"), "No such file or directory")):
+        device.write_config(provisioning={"CABundle": bundle})
+        res = device.run("register")
+        assert res.returncode == EXIT_USAGE, res.stderr
+        assert said in res.stderr and "Invalid argument" not in res.stderr, res.stderr
+        res = device.run("enroll", "--list=/dev/null", "--ca-bundle=" + bundle,
+                         "--endpoint=" + emu.url, "--connection-string-file=/dev/null")
+        assert res.returncode == EXIT_USAGE, res.stderr
+    assert device_requests(emu) == []
 
 
 @pytest.mark.parametrize("kind", ["file", "directory"])

@@ -412,6 +412,26 @@ static void test_bad_strings(void **state) {
     assert_null(strstr(log, "s3cret"));
 }
 
+/* Only the names openssl rehash and update-ca-certificates give make a CA directory: OpenSSL
+ * finds a directory's certificates by subject hash and nothing else. */
+static void test_a_hashed_directory_is_told_by_its_names(void **state) {
+    static const char *const not_hashed[] = {"ca-certificates.crt", "5ad8a5d.0", "5ad8a5d6.",
+                                             "5ad8a5d6.0x", "5ad8a5d6_0", "xad8a5d6.0"};
+    (void)state;
+
+    mkdir(in_tmp("certs"), 0755);
+    assert_false(config_dir_has_hashed_certs(in_tmp("certs"))); /* empty */
+    for (size_t i = 0; i < sizeof(not_hashed) / sizeof(not_hashed[0]); i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "certs/%s", not_hashed[i]);
+        write_file(in_tmp(name), "x");
+    }
+    assert_false(config_dir_has_hashed_certs(in_tmp("certs")));
+    assert_false(config_dir_has_hashed_certs(in_tmp("no-such-dir")));
+    write_file(in_tmp("certs/5ad8a5d6.12"), "x");
+    assert_true(config_dir_has_hashed_certs(in_tmp("certs")));
+}
+
 static void test_missing_file(void **state) {
     struct config c;
     (void)state;
@@ -775,6 +795,8 @@ static void test_man_page_lists_every_key(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_a_hashed_directory_is_told_by_its_names, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_key_parsed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_comments_continuation_quotes, setup, teardown),
