@@ -931,8 +931,11 @@ static int enroll(struct job *j) {
              j->journal_path);
 
     r = run_batches(j);
-    log_info("%zu created, %zu existed already, %zu failed, %zu done by earlier runs.",
-             j->created, j->exists, j->failed, j->skipped);
+    /* A run stopped half way (TLS refused, the deadline) leaves rows nobody counted. */
+    size_t counted = j->created + j->exists + j->failed + j->skipped;
+    size_t unsent = j->n_rows > counted ? j->n_rows - counted : 0;
+    log_info("%zu created, %zu existed already, %zu failed, %zu not sent, %zu done by earlier "
+             "runs.", j->created, j->exists, j->failed, unsent, j->skipped);
     if (r < 0)
         return r;
     if (j->failed)

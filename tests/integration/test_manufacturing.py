@@ -453,6 +453,20 @@ def test_enroll_read_only_policy_is_a_clear_error_nothing_created(emulator, real
     assert [p["status"] for p in bulk_posts(service_log(emu))] == [401]
 
 
+def test_a_run_stopped_half_way_counts_the_rows_it_did_not_send(emulator, real_ek, tmp_path):
+    emu = emulator
+    listing = str(tmp_path / "two.csv")
+    write_csv(listing, [row_for(e, "SN-%d" % i) for i, e in enumerate(synthetic_eks(real_ek, 2))])
+    other_ca = os.path.join(emu.state_dir, "other-ca.pem")
+
+    res = line_agent(tmp_path).run("enroll", "--list=" + listing,
+                                   "--connection-string-file=" + connection_file(emu, tmp_path),
+                                   "--endpoint=" + emu.url, "--ca-bundle=" + other_ca)
+
+    assert res.returncode != 0, res.stderr
+    assert "0 created, 0 existed already, 0 failed, 2 not sent" in res.stderr, res.stderr
+
+
 def test_an_empty_list_is_said_not_passed_over(emulator, real_ek, tmp_path):
     emu = emulator
     empty, full = str(tmp_path / "empty.csv"), str(tmp_path / "full.csv")
