@@ -232,8 +232,14 @@ static int apply_overrides(struct config *c, const struct overrides *v) {
     };
     for (size_t i = 0; i < ARRAY_SIZE(as_keys); i++) {
         const char *value = *(const char *const *)((const char *)v + as_keys[i].offset);
-        if (value && config_set_key(c, as_keys[i].key, value, "Command line",
-                                    as_keys[i].option) < 0)
+        if (!value)
+            continue;
+        /* In a file an empty value resets the key; typed as an option it is a mistake (an
+         * unset shell variable), and would quietly mean the default. */
+        if (!*value)
+            return log_error_errno(EINVAL, "%s= is empty: give a value, or leave the option out.",
+                                   as_keys[i].option);
+        if (config_set_key(c, as_keys[i].key, value, "Command line", as_keys[i].option) < 0)
             return -EINVAL;
     }
     if (v->ek_handle)

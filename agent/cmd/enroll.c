@@ -786,9 +786,11 @@ static int run_batches(struct job *j) {
     size_t idx[DPS_BULK_MAX], n = 0, uncertain = 0;
     int r;
 
+    /* Counted before any batch: a run that stops half way still says what earlier runs did. */
     for (size_t i = 0; i < j->n_rows; i++) {
         const struct journal_entry *e = journal_find(j, j->rows[i]->effective_id);
         uncertain += e && e->state == ROW_SENT;
+        j->skipped += !row_pending(j, i);
     }
     if (uncertain)
         log_notice("%zu rows were in a bulk call an earlier run did not see the end of; they "
@@ -796,10 +798,8 @@ static int run_batches(struct job *j) {
                    uncertain);
 
     for (size_t i = 0; i <= j->n_rows; i++) {
-        if (i < j->n_rows && !row_pending(j, i)) {
-            j->skipped++;
+        if (i < j->n_rows && !row_pending(j, i))
             continue;
-        }
         if (i < j->n_rows)
             idx[n++] = i;
         if (n == 0 || (n < DPS_BULK_MAX && i < j->n_rows))
@@ -908,7 +908,7 @@ static int enroll(struct job *j) {
         return r;
     }
 
-    if (o->cfg.ca_bundle && config_check_ca_bundle(o->cfg.ca_bundle, "--ca-bundle=") < 0)
+    if (o->cfg.ca_bundle && config_check_ca_bundle(o->cfg.ca_bundle) < 0)
         return -EINVAL;
     r = read_connection_string(o, &cs);
     if (r < 0)
@@ -931,11 +931,12 @@ static int enroll(struct job *j) {
              j->journal_path);
 
     r = run_batches(j);
-    /* A run stopped half way (TLS refused, the deadline) leaves rows nobody counted. */
+    /* A run stopped half way (TLS refused, the deadline) leaves rows without an outcome: not
+     * sent, or in the bulk call whose answer never came. The next run settles both. */
     size_t counted = j->created + j->exists + j->failed + j->skipped;
-    size_t unsent = j->n_rows > counted ? j->n_rows - counted : 0;
-    log_info("%zu created, %zu existed already, %zu failed, %zu not sent, %zu done by earlier "
-             "runs.", j->created, j->exists, j->failed, unsent, j->skipped);
+    size_t left = j->n_rows > counted ? j->n_rows - counted : 0;
+    log_info("%zu created, %zu existed already, %zu failed, %zu left for the next run, %zu done "
+             "by earlier runs.", j->created, j->exists, j->failed, left, j->skipped);
     if (r < 0)
         return r;
     if (j->failed)

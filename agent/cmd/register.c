@@ -161,11 +161,13 @@ static int exchange(struct registration *g, const char *what, const char *method
         switch (resp->failure) {
         case HTTP_FAIL_TRUST:
             /* Naming the bundle in use tells a pinned or outdated one (field case B27). */
-            return log_error_errno(ENOKEY, "TLS: the DPS server's certificate is not "
+            r = log_error_errno(ENOKEY, "TLS: the DPS server's certificate is not "
                                    "trusted (%s). Check CABundle= (the trust store now: %s): "
                                    "it must hold the root DPS chains to and, behind a "
                                    "TLS-inspecting proxy, the proxy's CA. Not retrying.",
                                    resp->error, http_trust_store(g->http));
+            http_response_done(resp);
+            return r;
         case HTTP_FAIL_CLOCK:
             snprintf(why, sizeof(why), "%s: TLS certificate not valid at the current time (%s); "
                      "the system clock may be wrong", what, resp->error);
@@ -1012,6 +1014,11 @@ int cmd_register(const struct options *o) {
         goto out;
     }
     nvstate_done(g.t, &g.state);
+    /* Here, not with the other keys: the fast path above sends nothing and needs no CA. */
+    if (o->cfg.ca_bundle && config_check_ca_bundle(o->cfg.ca_bundle) < 0) {
+        r = -EINVAL;
+        goto out;
+    }
     r = cmd_ensure_state(g.t, &g.auths, o->cfg.state_index, &g.state);
     if (r < 0)
         goto out;

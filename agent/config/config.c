@@ -921,26 +921,28 @@ bool config_dir_has_hashed_certs(const char *dir) {
     return found;
 }
 
-int config_check_ca_bundle(const char *path, const char *name) {
+int config_check_ca_bundle(const char *path) {
     struct stat st;
     bool dir;
 
-    /* Checked now, not found out as a TLS trust failure after connecting. */
+    /* The value may come from a file, the kernel command line, the environment or an option:
+     * the messages name the key and the option both. */
     if (stat(path, &st) < 0)
-        return log_error_errno(errno, "Cannot use the CA bundle %s%s: %m.", name, path);
+        return log_error_errno(errno, "Cannot use the CA bundle %s (CABundle=, --ca-bundle=): %m.",
+                               path);
     dir = S_ISDIR(st.st_mode);
     if (access(path, dir ? R_OK | X_OK : R_OK) < 0)
-        return log_error_errno(errno, "Cannot read the CA %s %s%s: %m.",
-                               dir ? "directory" : "bundle", name, path);
+        return log_error_errno(errno, "Cannot read the CA %s %s (CABundle=, --ca-bundle=): %m.",
+                               dir ? "directory" : "bundle", path);
     /* OpenSSL looks a directory's certificates up by subject hash only: a directory of plain
      * PEM files would refuse every server, and say nothing more useful than "not trusted". */
     if (dir && !config_dir_has_hashed_certs(path))
-        return log_error_errno(EINVAL, "The CA directory %s%s holds no certificate named by its "
-                               "subject hash (like 5ad8a5d6.0): run 'openssl rehash %s', or name "
-                               "one PEM file instead.", name, path, path);
+        return log_error_errno(EINVAL, "The CA directory %s (CABundle=, --ca-bundle=) holds no "
+                               "certificate named by its subject hash (like 5ad8a5d6.0): run "
+                               "'openssl rehash %s', or name one PEM file instead.", path, path);
     if (!dir && !S_ISREG(st.st_mode))
-        return log_error_errno(EINVAL, "The CA bundle %s%s is not a regular file or a directory.",
-                               name, path);
+        return log_error_errno(EINVAL, "The CA bundle %s (CABundle=, --ca-bundle=) is neither a "
+                               "regular file nor a directory.", path);
     return 0;
 }
 
@@ -973,8 +975,6 @@ int config_check_for_registration(const struct config *c) {
                             "Global endpoint '%s' is not valid: %s; expected https://HOST[:PORT].",
                             c->endpoint, why);
 
-    if (c->ca_bundle && config_check_ca_bundle(c->ca_bundle, "CABundle=") < 0)
-        r = -EINVAL;
 
     if (!c->proxy) {
         static const char *const vars[] = {"https_proxy", "HTTPS_PROXY", "all_proxy",

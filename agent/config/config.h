@@ -112,8 +112,9 @@ int config_load_cmdline(struct config *c, const char *cmdline);
 int config_check_for_registration(const struct config *c);
 
 /* A CA bundle (a PEM file) or a CA directory (hashed, as openssl-rehash(1) leaves one) that can
- * be read: 0, or an error naming it as `name` ("CABundle=", "--ca-bundle="), logged. */
-int config_check_ca_bundle(const char *path, const char *name);
+ * be read: 0, or a negative errno, logged. Checked before a first request, not found out as a
+ * TLS trust failure after connecting. */
+int config_check_ca_bundle(const char *path);
 
 /* Whether dir holds files named by subject hash ("5ad8a5d6.0"). */
 bool config_dir_has_hashed_certs(const char *dir);

@@ -36,6 +36,7 @@ def run(agent, *args, env=None):
     (["--id-scope=bad!!", "status"], "invalid --id-scope=bad!!: it may hold only letters"),
     (["--api-version=a&b", "register"], "invalid --api-version=a&b: it may hold only letters"),
     (["--endpoint=http://x/y", "register"], "invalid --endpoint=http://x/y"),
+    (["--endpoint=", "register"], "--endpoint= is empty: give a value, or leave the option out"),
     # The platform's persistent handles: EvictControl as owner fails there, after DPS.
     (["--identity-handle=0x81800001", "status"], "0x81000000 to 0x817fffff"),
     (["enroll", "--list=x.csv", "--endpoint=http://127.0.0.1:9"],
