@@ -346,7 +346,7 @@ int main(int argc, char *argv[]) {
         case OPT_EK_HANDLE: r = parse_handle(optarg, "--ek-handle", CONFIG_OWNER_PERSISTENT_MIN, CONFIG_OWNER_PERSISTENT_MAX, &v.ek_handle); break;
         case OPT_SRK_HANDLE: r = parse_handle(optarg, "--srk-handle", CONFIG_OWNER_PERSISTENT_MIN, CONFIG_OWNER_PERSISTENT_MAX, &v.srk_handle); break;
         case OPT_IDENTITY_HANDLE: r = parse_handle(optarg, "--identity-handle", CONFIG_OWNER_PERSISTENT_MIN, CONFIG_OWNER_PERSISTENT_MAX, &v.identity_handle); break;
-        case OPT_STATE_INDEX: r = parse_handle(optarg, "--state-index", 0x01000000, 0x01bfffff, &v.state_index); break;
+        case OPT_STATE_INDEX: r = parse_handle(optarg, "--state-index", CONFIG_OWNER_NV_INDEX_MIN, CONFIG_OWNER_NV_INDEX_MAX, &v.state_index); break;
         case OPT_CONFIG: v.config = optarg; break;
         case OPT_FORCE: o.force = true; only_for = "--force"; only_cmd = "register"; break;
         case OPT_ID_SCOPE: v.id_scope = optarg; break;

@@ -102,10 +102,8 @@ static const struct key keys[] = {
     NUM_KEY("TPM", "IdentityHandle", NULL, VALUE_HANDLE, identity_handle,
             CONFIG_DEFAULT_IDENTITY_HANDLE, CONFIG_OWNER_PERSISTENT_MIN,
             CONFIG_OWNER_PERSISTENT_MAX),
-    /* Owner-defined NV index range; 0x01c00000 and up belong to the TPM and platform makers
-     * (TCG Registry of Reserved TPM 2.0 Handles and Localities, 2.2). */
-    NUM_KEY("TPM", "StateIndex", NULL, VALUE_HANDLE, state_index, NVSTATE_DEFAULT_INDEX, 0x01000000,
-            0x01bfffff),
+    NUM_KEY("TPM", "StateIndex", NULL, VALUE_HANDLE, state_index, NVSTATE_DEFAULT_INDEX,
+            CONFIG_OWNER_NV_INDEX_MIN, CONFIG_OWNER_NV_INDEX_MAX),
     TEXT_KEY("TPM", "OwnerAuthFile", NULL, NULL, VALUE_PATH, owner_auth_file, NULL),
     TEXT_KEY("TPM", "EndorsementAuthFile", NULL, NULL, VALUE_PATH, endorsement_auth_file, NULL),
     TEXT_KEY("TPM", "LockoutAuthFile", NULL, NULL, VALUE_PATH, lockout_auth_file, NULL),
@@ -974,7 +972,6 @@ int config_check_for_registration(const struct config *c) {
         r = log_error_errno(EINVAL,
                             "Global endpoint '%s' is not valid: %s; expected https://HOST[:PORT].",
                             c->endpoint, why);
-
 
     if (!c->proxy) {
         static const char *const vars[] = {"https_proxy", "HTTPS_PROXY", "all_proxy",

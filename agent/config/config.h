@@ -39,6 +39,10 @@
  * under TPM_RH_OWNER fails (TCG Registry of Reserved TPM 2.0 Handles, 2.3.2). */
 #define CONFIG_OWNER_PERSISTENT_MIN 0x81000000u
 #define CONFIG_OWNER_PERSISTENT_MAX 0x817fffffu
+/* Owner-defined NV indices; 0x01c00000 and up belong to the TPM and platform makers (the same
+ * registry, 2.2). */
+#define CONFIG_OWNER_NV_INDEX_MIN 0x01000000u
+#define CONFIG_OWNER_NV_INDEX_MAX 0x01bfffffu
 
 struct config {
     /* [Provisioning] */

@@ -44,10 +44,10 @@ struct http_response {
 struct http;
 
 int http_new(const struct http_options *o, struct http **ret);
+void http_free(struct http *h);
 
 /* The trust store in use, for messages: a directory, a file, or libcurl's default. */
 const char *http_trust_store(const struct http *h);
-void http_free(struct http *h);
 
 /*
  * Sends one request. Returns 0 when an HTTP answer arrived (any status), else a negative errno

@@ -2,8 +2,12 @@
 exit status 2 (tpm-provision(8): "fix it; retrying will not help") and a message that names the
 input and the fix. Found by a new user's trial of the README and the man page."""
 import os
+import pty
+import subprocess
 
 import pytest
+
+from agent import AGENT
 
 EXIT_USAGE = 2
 
@@ -111,8 +115,6 @@ def test_a_bad_provisioning_key_stops_only_the_commands_that_use_it(agent, tmp_p
 
 def stderr_on_a_terminal(argv, env):
     """What the agent writes to standard error when that is a terminal (a pty)."""
-    import pty
-    import subprocess
     primary, secondary = pty.openpty()
     try:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
@@ -139,15 +141,10 @@ def test_a_terminal_reads_error_and_warning_not_priority_prefixes(agent, tmp_pat
     env.update(TPM_PROVISION_TCTI=agent.tcti, TPM_PROVISION_CONFIG=str(tmp_path / "absent.conf"))
     piped = agent.run("--srk-handle=0x81010001", "status", env=env)
     assert "<3>" in piped.stderr and "<4>" in piped.stderr, piped.stderr
-    rc, said = stderr_on_a_terminal([agent_binary(), "--srk-handle=0x81010001", "status"], env)
+    rc, said = stderr_on_a_terminal([AGENT, "--srk-handle=0x81010001", "status"], env)
     assert rc == EXIT_USAGE, said
     assert "<" not in said.replace("<N>", ""), said
     assert "\nerror: " in "\n" + said and "warning: " in said, said
-
-
-def agent_binary():
-    from agent import AGENT
-    return AGENT
 
 
 def test_a_configuration_file_named_by_the_environment_that_is_missing_is_said(agent, tmp_path):
